@@ -1,0 +1,3 @@
+from segflowd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Campaigns: enrollment, durable runs over pending_steps, replay and the scheduler."""

@@ -1,0 +1,41 @@
+"""The daemon's one clock.
+
+Every part that asks "what time is it" asks a Clock, so that tests (and
+backtests) move time forward instead of sleeping. Times are naive UTC
+datetimes, the form the database stores.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+
+class Clock:
+    """The real clock: UTC wall time."""
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class FakeClock(Clock):
+    """A clock that stands still until a test moves it."""
+
+    def __init__(self, start: datetime) -> None:
+        self._now = start.replace(tzinfo=None) if start.tzinfo is None else to_naive_utc(start)
+
+    def now(self) -> datetime:
+        return self._now
+
+    def set(self, when: datetime) -> None:
+        self._now = to_naive_utc(when) if when.tzinfo else when
+
+    def advance(self, delta: timedelta | None = None, **units: float) -> datetime:
+        self._now += delta if delta is not None else timedelta(**units)
+        return self._now
+
+
+def to_naive_utc(when: datetime) -> datetime:
+    """Convert an aware datetime to naive UTC; a naive one is taken as UTC."""
+    if when.tzinfo is None:
+        return when
+    return when.astimezone(timezone.utc).replace(tzinfo=None)

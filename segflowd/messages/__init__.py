@@ -1,0 +1,1 @@
+"""Templates, message building, the messages table and delivery providers."""

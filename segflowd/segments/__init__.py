@@ -1,0 +1,1 @@
+"""Segments: SQL validation, portable regeneration and stored membership."""

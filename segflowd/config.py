@@ -383,7 +383,7 @@ def _http(top: _Section) -> HttpConfig | None:
     host, port = "127.0.0.1", 8080
     if listen is not None:
         match = _LISTEN.match(listen)
-        if not match or not 0 < int(match.group(2)) < 65536:
+        if not match or not 0 <= int(match.group(2)) < 65536:
             s.error(s.key("listen"), f"expected host:port such as 127.0.0.1:8080, got {listen!r}")
         else:
             host, port = match.group(1).strip("[]"), int(match.group(2))

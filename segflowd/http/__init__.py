@@ -1,0 +1,1 @@
+"""The HTTP API: ingest, users, health, metrics and unsubscribe pages."""

@@ -30,7 +30,7 @@ async def check_command(config: Config, *, offline: bool = False) -> int:
     notes: list[str] = []
     db = None if offline else await _open_existing(config)
     if db is None and not offline:
-        notes.append("database checks skipped: the database did not answer (see above)")
+        notes.append("database checks skipped: see the database message on standard error")
     try:
         segment_errors, segment_notes = await check_segments(config, db)
     finally:

@@ -32,11 +32,21 @@ ER_LOCK_DEADLOCK = 1213
 ER_LOCK_WAIT_TIMEOUT = 1205
 
 
+ER_BAD_DB = 1049
+
+
 class DatabaseUnavailable(Exception):
-    """The server at the configured URL did not answer."""
+    """The server at the configured URL did not answer, or the database is missing."""
 
     def __init__(self, url: DatabaseUrl, cause: BaseException) -> None:
         self.url = url
+        self.missing_database = error_code(cause) == ER_BAD_DB
+        if self.missing_database:
+            super().__init__(
+                f"the database {url.database!r} does not exist on {url.host}:{url.port}; "
+                "`segflowd --config FILE` creates it and applies the schema at its first start"
+            )
+            return
         super().__init__(
             f"cannot connect to the database at {url.redacted()}: {cause}. "
             "Start a server (for a local MariaDB: "

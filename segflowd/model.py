@@ -27,3 +27,31 @@ class MembershipChanges:
 
     def __bool__(self) -> bool:
         return bool(self.entered or self.left)
+
+
+@dataclass(frozen=True)
+class IdentifyItem:
+    """An identify call: create the user or merge attributes into it."""
+
+    user_id: str
+    attributes: dict[str, Any]
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class TrackItem:
+    """A track call. `raw_timestamp` is the client's text, part of the idempotency hash."""
+
+    user_id: str
+    name: str
+    attributes: dict[str, Any]
+    timestamp: datetime | None
+    idempotency_key: str | None = None
+    raw_timestamp: str | None = None
+
+
+@dataclass(frozen=True)
+class RejectedItem:
+    """A batch item that failed validation; `error` is its JSON error body."""
+
+    error: dict[str, Any]

@@ -7,3 +7,7 @@ from aiohttp import web
 from segflowd.services import Services
 
 SERVICES = web.AppKey("services", Services)
+
+from segflowd.ingest import Ingest  # noqa: E402 - after SERVICES, which ingest does not need
+
+INGEST = web.AppKey("ingest", Ingest)

@@ -17,9 +17,12 @@ SET attributes = JSON_MERGE_PATCH(attributes, %s), updated_at = %s
 WHERE id = %s
 
 -- ensure_user --
--- Create a user with no attributes if missing (an event for an unknown user).
-INSERT IGNORE INTO users (id, attributes, created_at, updated_at)
+-- Create a user with no attributes if missing (an event for an unknown
+-- user). The no-op update takes the row lock on an existing user, which
+-- serialises concurrent requests for one user. Affected rows: 1 created.
+INSERT INTO users (id, attributes, created_at, updated_at)
 VALUES (%s, '{}', %s, %s)
+ON DUPLICATE KEY UPDATE id = id
 
 -- get_user --
 -- One user's row.

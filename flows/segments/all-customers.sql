@@ -1,0 +1,2 @@
+-- Every customer the shop knows.
+SELECT id FROM users

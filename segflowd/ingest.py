@@ -23,7 +23,7 @@ from segflowd.metrics import REGISTRY
 from segflowd.queries import QUERIES
 from segflowd.services import Services
 from segflowd.timestamps import format_timestamp
-from segflowd.users import ensure_user, update_user, upsert_user
+from segflowd.users import ensure_user, lock_users, update_user, upsert_user
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +214,21 @@ class Ingest:
         return stored
 
     async def _store_event(
-        self, cur: Any, user_id: str, name: str, attributes: dict[str, Any], happened_at: datetime, now: datetime
+        self,
+        cur: Any,
+        user_id: str,
+        name: str,
+        attributes: dict[str, Any],
+        happened_at: datetime,
+        now: datetime,
+        *,
+        user_locked: bool = False,
     ) -> dict[str, Any]:
-        """Insert the event, creating its user if unknown, then wake waits and queue transactional mail."""
-        user_created = await ensure_user(cur, user_id, now)
+        """Insert the event, creating its user if unknown, then wake waits and queue transactional mail.
+
+        With `user_locked`, the caller has already locked (or created) the user's row.
+        """
+        user_created = False if user_locked else await ensure_user(cur, user_id, now)
         await cur.execute(QUERIES.insert_event, (user_id, name, dump_json(attributes), happened_at, now))
         event = Event(cur.lastrowid, user_id, name, attributes, happened_at)
         await self.services.campaigns.on_event(cur, event, now)
@@ -243,8 +254,11 @@ class Ingest:
         keys = [item.idempotency_key for item in items if not isinstance(item, RejectedItem) and item.idempotency_key]
         hashes = {id(item): _item_hash(item) for item in items if not isinstance(item, RejectedItem)}
 
+        user_ids = [item.user_id for item in items if not isinstance(item, RejectedItem)]
+
         async def work(cur: Any) -> list[dict[str, Any]]:
             now = self.services.clock.now()
+            created_users = await lock_users(cur, user_ids, now)
             stored = await self._stored_many(cur, keys)
             pending = _Pending()
             results: list[dict[str, Any]] = []
@@ -263,14 +277,20 @@ class Ingest:
                     else:
                         results.append({"index": index, "status": "duplicate", **previous})
                     continue
+                # The first accepted item for a user that lock_users created
+                # reports the creation.
+                created = item.user_id in created_users
+                created_users.discard(item.user_id)
                 if isinstance(item, IdentifyItem):
-                    created = await upsert_user(cur, item.user_id, item.attributes, now)
+                    if item.attributes:
+                        await upsert_user(cur, item.user_id, item.attributes, now)
                     pending.touch(item.user_id, None)
                     body: dict[str, Any] = {"type": "identify", "user_id": item.user_id, "created": created}
                 else:
                     body = await self._store_event(
-                        cur, item.user_id, item.name, item.attributes, item.timestamp or now, now
+                        cur, item.user_id, item.name, item.attributes, item.timestamp or now, now, user_locked=True
                     )
+                    body["user_created"] = created
                     body["type"] = "track"
                     pending.touch(item.user_id, item.name)
                 if key is not None:

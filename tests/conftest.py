@@ -99,3 +99,42 @@ def write_config(tmp_path: Path, database_url: DatabaseUrl) -> Callable[..., Pat
         return path
 
     return write
+
+
+API_KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture
+def clock():
+    """A fake clock at a fixed instant; tests move it with advance()."""
+    from datetime import datetime
+
+    from segflowd.clock import FakeClock
+
+    return FakeClock(datetime(2026, 3, 1, 12, 0, 0))
+
+
+@pytest.fixture
+def make_services(db, clock, write_config):
+    """Build Services on the test database from config overrides (see write_config)."""
+    from segflowd.config import load_config
+    from segflowd.services import Services
+
+    def make(overrides: dict[str, Any] | None = None, files: dict[str, str] | None = None) -> Any:
+        return Services.build(load_config(write_config(overrides, files)), db, clock)
+
+    return make
+
+
+@pytest.fixture
+def api(aiohttp_client, make_services):
+    """Start the HTTP app on loopback and return (client, services); background tasks off."""
+    from segflowd.http.app import build_app
+
+    async def start(overrides: dict[str, Any] | None = None, files: dict[str, str] | None = None, background: bool = False):
+        services = make_services(overrides, files)
+        client = await aiohttp_client(build_app(services, run_background=background))
+        return client, services
+
+    return start

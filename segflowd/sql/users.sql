@@ -3,11 +3,12 @@
 -- upsert_user --
 -- Create a user, or merge attributes into an existing one as a JSON merge
 -- patch (RFC 7396): keys are added or replaced, a null value removes its
--- key, nested objects merge. Affected rows: 1 created, 2 changed, 0 unchanged.
+-- key, nested objects merge. The patch is passed twice: for a new row and for
+-- an existing one. Affected rows: 1 created, 2 changed, 0 unchanged.
 INSERT INTO users (id, attributes, created_at, updated_at)
 VALUES (%s, JSON_MERGE_PATCH('{}', %s), %s, %s)
 ON DUPLICATE KEY UPDATE
-    attributes = JSON_MERGE_PATCH(attributes, VALUES(attributes)),
+    attributes = JSON_MERGE_PATCH(attributes, %s),
     updated_at = VALUES(updated_at)
 
 -- update_user --

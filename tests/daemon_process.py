@@ -1,0 +1,64 @@
+"""Start `segflowd` as a real child process for tests, and stop it by PID."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+_LISTENING = re.compile(r"listening on (http://[0-9.]+:\d+)")
+
+
+class Daemon:
+    """A `segflowd --config` child process whose output is collected in memory."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+        self.lines: list[str] = []
+        self.url: str | None = None
+        self._ready = threading.Event()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "segflowd", "--config", str(config_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            match = _LISTENING.search(line)
+            if match:
+                self.url = match.group(1)
+                self._ready.set()
+        self._ready.set()
+
+    def wait_ready(self, timeout: float = 30.0) -> str:
+        self._ready.wait(timeout)
+        if self.url is None:
+            self.kill()
+            raise RuntimeError("segflowd did not start:\n" + "\n".join(self.lines))
+        return self.url
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """Send SIGTERM and wait for the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def output(self) -> str:
+        deadline = time.monotonic() + 5
+        while self.process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return "\n".join(self.lines)

@@ -1,0 +1,292 @@
+"""The scheduler: claim due pending steps under a lease and run them.
+
+One claimer task leases batches of due steps (`SELECT ... FOR UPDATE SKIP
+LOCKED`, then a lease token and expiry) and hands them to `workers` worker
+tasks; each worker runs one claim per transaction. Several processes may
+share the database: SKIP LOCKED keeps their claims disjoint, and a step
+whose process died is claimed again once its lease has passed. Before
+running a step, a worker locks its row and checks that the row still
+carries the worker's claim token, so a late worker whose lease was taken
+over does nothing.
+
+Time comes from the injected clock only. The loop polls every
+`scheduler.poll_interval` of real time (or sooner on `wake()`) and compares
+due times with `clock.now()`, so a test that moves a FakeClock forward by
+days sees the steps it made due at the next poll, with no real waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncmy.errors
+
+from segflowd.campaigns.metrics import RUNS_ENDED, SCHEDULER_LAG, SCHEDULER_RETRIES, STEPS
+from segflowd.campaigns.runner import Claim, WakeContext, WakeOutcome, run_wake
+from segflowd.campaigns.runs import ACTIVE, COMPLETED, EXITED
+from segflowd.config import SchedulerConfig
+from segflowd.queries import QUERIES
+
+log = logging.getLogger(__name__)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """True for errors worth an immediate retry: deadlocks, lock wait timeouts, lost connections."""
+    return isinstance(exc, (asyncmy.errors.OperationalError, asyncmy.errors.InternalError, OSError))
+
+
+def scheduler_name() -> str:
+    """An identifier for this process's scheduler, unique across hosts and restarts (at most 45 chars)."""
+    return f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Scheduler:
+    """Claims due steps and runs them with a WakeContext."""
+
+    def __init__(self, settings: SchedulerConfig, db: Any, clock: Any, context: WakeContext, messages: Any) -> None:
+        self.settings = settings
+        self.db = db
+        self.clock = clock
+        self.context = context
+        self.messages = messages
+        self.name = scheduler_name()
+        self._claim_count = 0
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._queue: asyncio.Queue[Claim | None] = asyncio.Queue()
+        self._claimer: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # --- claims -----------------------------------------------------------
+
+    async def claim(self, limit: int) -> list[Claim]:
+        """Lease up to `limit` due steps of configured campaigns under a new token."""
+        campaigns = tuple(self.context.flows)
+        if not campaigns or limit <= 0:
+            return []
+        now = self.clock.now()
+        self._claim_count += 1
+        token = f"{self.name}:{self._claim_count}"
+        async with self.db.transaction() as cur:
+            await cur.execute(QUERIES.claim_due_steps, (now, now, campaigns, limit))
+            rows = list(await cur.fetchall())
+            if rows:
+                run_ids = tuple(row["run_id"] for row in rows)
+                await cur.execute(QUERIES.lease_steps, (now + self.settings.lease, token, run_ids))
+        return [
+            Claim(row["run_id"], row["campaign"], row["user_id"], row["step_index"], row["due_at"], token)
+            for row in rows
+        ]
+
+    async def release(self, claims: list[Claim]) -> None:
+        """Give back claims that were not run, so that any scheduler takes them at once."""
+        by_token: dict[str, list[int]] = {}
+        for claim in claims:
+            by_token.setdefault(claim.token, []).append(claim.run_id)
+        async with self.db.transaction() as cur:
+            for token, run_ids in by_token.items():
+                await cur.execute(QUERIES.release_steps, (tuple(run_ids), token))
+
+    async def _release_quietly(self, claims: list[Claim]) -> None:
+        try:
+            await self.release(claims)
+        except Exception as exc:  # noqa: BLE001 - the leases run out by themselves
+            log.warning(
+                "could not release claimed steps; other schedulers take them when the lease ends",
+                extra={"action": "release_failed", "steps": len(claims), "error": str(exc)},
+            )
+
+    # --- running one claim ------------------------------------------------
+
+    async def execute(self, claim: Claim) -> WakeOutcome | None:
+        """Run one claim in its own transaction and report it; never raises for a step's failure."""
+        now = self.clock.now()
+        try:
+            async with self.db.transaction() as cur:
+                outcome = await run_wake(self.context, cur, claim, now)
+        except Exception as exc:  # noqa: BLE001 - one step's error must not stop the scheduler
+            ids = {"campaign": claim.campaign, "run_id": claim.run_id, "user_id": claim.user_id,
+                   "step_index": claim.step_index}
+            if _is_transient(exc):
+                SCHEDULER_RETRIES.inc()
+                log.warning(
+                    "step rolled back after a temporary database error; it runs again at the next poll",
+                    extra={"action": "step_retry", **ids, "error": str(exc)},
+                )
+                await self._release_quietly([claim])
+            else:
+                # Not flow code (that fails the run in run_wake): keep the
+                # lease, so the step is tried again once the lease has passed.
+                log.error(
+                    "step rolled back after an error outside flow code; it is tried again when its lease ends",
+                    exc_info=True,
+                    extra={"action": "step_error", **ids, "lease_seconds": self.settings.lease.total_seconds()},
+                )
+            return None
+        self._report(outcome, now)
+        return outcome
+
+    def _report(self, outcome: WakeOutcome, now: datetime) -> None:
+        """Log and count a committed wake, and wake the parts it gave work to."""
+        claim = outcome.claim
+        ids = {"campaign": claim.campaign, "run_id": claim.run_id, "user_id": claim.user_id}
+        if outcome.skipped is not None:
+            log.debug(
+                "claimed step not run: %s", outcome.skipped,
+                extra={"action": "step_skipped", **ids, "step_index": claim.step_index},
+            )
+            return
+        if outcome.lag_seconds is not None:
+            SCHEDULER_LAG.observe(outcome.lag_seconds)
+        for index, kind in outcome.executed:
+            STEPS.labels(kind, "ok").inc()
+            log.debug(
+                "step executed",
+                extra={"action": "step_executed", **ids, "step_index": index, "kind": kind, "scheduler": self.name},
+            )
+        if outcome.failure is not None:
+            STEPS.labels(outcome.failed_kind or "none", "failed").inc()
+            log.error(
+                "campaign run failed: %s", outcome.failure.message,
+                exc_info=outcome.failure.exc_info,
+                extra={"action": "run_failed", **ids, "step_index": claim.step_index + len(outcome.executed)},
+            )
+        elif outcome.divergence is not None:
+            STEPS.labels(outcome.diverged_kind or "none", "diverged").inc()
+            log.error(
+                "campaign run diverged at %s", outcome.divergence,
+                extra={"action": "run_diverged", **ids},
+            )
+        elif outcome.status == COMPLETED:
+            log.info("campaign run completed", extra={"action": "run_completed", **ids})
+        elif outcome.status == EXITED:
+            log.info("campaign run exited: %s", outcome.end_reason, extra={"action": "run_exited", **ids})
+        if outcome.status != ACTIVE and not outcome.ended_by_enrollment:
+            RUNS_ENDED.labels(claim.campaign, outcome.status).inc()
+
+        if outcome.messages_queued:
+            self.messages.wake()
+        # An update may have enrolled the user in a campaign, and a capped
+        # wake leaves its next step due now: either way there is work at once.
+        if outcome.users_updated or (outcome.next_due_at is not None and outcome.next_due_at <= now):
+            self.wake()
+
+    async def run_due(self, limit: int | None = None) -> int:
+        """Claim and run due steps until none is due (or `limit` wakes ran); return how many ran.
+
+        For tests and tools that drive the scheduler by hand with a FakeClock.
+        """
+        total = 0
+        gate = asyncio.Semaphore(self.settings.workers)
+
+        async def run_one(claim: Claim) -> None:
+            async with gate:
+                await self.execute(claim)
+
+        while limit is None or total < limit:
+            size = self.settings.batch_size if limit is None else min(self.settings.batch_size, limit - total)
+            claims = await self.claim(size)
+            if not claims:
+                break
+            await asyncio.gather(*(run_one(claim) for claim in claims))
+            total += len(claims)
+        return total
+
+    # --- background tasks ---------------------------------------------------
+
+    def wake(self) -> None:
+        """Make the claimer look for due steps now instead of at its next poll."""
+        self._wake.set()
+
+    @property
+    def running(self) -> bool:
+        return self._claimer is not None
+
+    async def start(self) -> None:
+        if self._claimer is not None:
+            return
+        self._stopping = False
+        self._claimer = asyncio.create_task(self._claim_loop(), name="segflowd-scheduler-claimer")
+        self._workers = [
+            asyncio.create_task(self._work_loop(), name=f"segflowd-scheduler-worker-{i}")
+            for i in range(self.settings.workers)
+        ]
+        log.info(
+            "scheduler started",
+            extra={"action": "scheduler_start", "scheduler": self.name, "workers": self.settings.workers,
+                   "campaigns": ",".join(sorted(self.context.flows))},
+        )
+
+    async def stop(self) -> None:
+        """Stop claiming, give back claims not started, and finish the steps being run."""
+        if self._claimer is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        self._room.set()
+        await self._claimer
+        unstarted: list[Claim] = []
+        while not self._queue.empty():
+            claim = self._queue.get_nowait()
+            if claim is not None:
+                unstarted.append(claim)
+        if unstarted:
+            await self._release_quietly(unstarted)
+        for _ in self._workers:
+            self._queue.put_nowait(None)
+        await asyncio.gather(*self._workers)
+        self._claimer, self._workers = None, []
+        log.info(
+            "scheduler stopped",
+            extra={"action": "scheduler_stop", "scheduler": self.name, "released": len(unstarted)},
+        )
+
+    async def _claim_loop(self) -> None:
+        batch = self.settings.batch_size
+        poll = self.settings.poll_interval.total_seconds()
+        while not self._stopping:
+            # Keep at most two batches in hand, so that claimed steps do not
+            # sit in the queue while their leases run out.
+            if self._queue.qsize() > batch:
+                self._room.clear()
+                await self._wait(self._room, poll)
+                continue
+            self._wake.clear()
+            try:
+                claims = await self.claim(batch)
+            except Exception as exc:  # noqa: BLE001 - keep polling; the database may come back
+                log.warning(
+                    "claiming due steps failed; retrying at the next poll",
+                    exc_info=not _is_transient(exc),
+                    extra={"action": "claim_retry", "scheduler": self.name, "error": str(exc)},
+                )
+                claims = []
+            for claim in claims:
+                self._queue.put_nowait(claim)
+            if len(claims) < batch:
+                await self._wait(self._wake, poll)
+
+    async def _work_loop(self) -> None:
+        batch = self.settings.batch_size
+        while True:
+            claim = await self._queue.get()
+            if claim is None:
+                return
+            if self._queue.qsize() <= batch:
+                self._room.set()
+            await self.execute(claim)
+
+    async def _wait(self, event: asyncio.Event, timeout: float) -> None:
+        if self._stopping:
+            return
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass

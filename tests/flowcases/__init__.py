@@ -1,0 +1,1 @@
+"""Flow modules and helpers that the campaign and scheduler tests import."""

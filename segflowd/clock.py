@@ -34,6 +34,23 @@ class FakeClock(Clock):
         return self._now
 
 
+class ShiftedClock(Clock):
+    """A clock that starts at a chosen instant and then runs at wall-clock speed.
+
+    For backtests and demos on historical data: with `clock.start` set to
+    1998-07-01, segments that compare against NOW() see 1998.
+    NOTE: each process starts its own shifted clock, so processes that
+    share a database agree on the time only if they start together.
+    """
+
+    def __init__(self, start: datetime) -> None:
+        self._start = to_naive_utc(start)
+        self._wall_start = Clock.now(self)
+
+    def now(self) -> datetime:
+        return self._start + (Clock.now(self) - self._wall_start)
+
+
 def to_naive_utc(when: datetime) -> datetime:
     """Convert an aware datetime to naive UTC; a naive one is taken as UTC."""
     if when.tzinfo is None:

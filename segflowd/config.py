@@ -13,12 +13,15 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 import yaml
+
+from segflowd.clock import to_naive_utc
+from segflowd.timestamps import parse_timestamp
 
 
 class ConfigError(Exception):
@@ -133,6 +136,11 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class ClockConfig:
+    start: datetime | None = None
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
     format: str = "text"
@@ -151,6 +159,7 @@ class Config:
     transactions: dict[str, TransactionConfig]
     scheduler: SchedulerConfig
     logging: LoggingConfig
+    clock: ClockConfig = field(default_factory=ClockConfig)
 
 
 # --- environment interpolation ----------------------------------------------
@@ -570,6 +579,21 @@ def _logging(top: _Section) -> LoggingConfig:
     return config
 
 
+def _clock(top: _Section) -> ClockConfig:
+    s = top.section("clock")
+    raw = s.get("start", (str, datetime), None, expected="an ISO-8601 time such as 1998-07-01T00:00:00Z, or null")
+    s.finish()
+    if raw is None:
+        return ClockConfig()
+    if isinstance(raw, datetime):
+        return ClockConfig(to_naive_utc(raw))
+    try:
+        return ClockConfig(parse_timestamp(raw))
+    except ValueError as exc:
+        s.error(s.key("start"), str(exc))
+        return ClockConfig()
+
+
 def _cross_references(config_parts: dict[str, Any], errors: list[str], where: str) -> None:
     segments = config_parts["segments"]
     for campaign in config_parts["campaigns"].values():
@@ -622,6 +646,7 @@ def load_config(path: str | os.PathLike[str], *, extend_sys_path: bool = True) -
         "transactions": lambda: _transactions(top),
         "scheduler": lambda: _scheduler(top),
         "logging": lambda: _logging(top),
+        "clock": lambda: _clock(top),
     }
     parts = {name: build() for name, build in builders.items()}
     top.finish()

@@ -9,7 +9,7 @@ import sys
 
 from aiohttp import web
 
-from segflowd.clock import Clock
+from segflowd.clock import Clock, ShiftedClock
 from segflowd.config import Config
 from segflowd.db import Database, DatabaseUnavailable, apply_schema, ensure_database
 from segflowd.http.app import build_app
@@ -65,7 +65,8 @@ async def _main(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await serve(config, Clock(), stop)
+    clock = ShiftedClock(config.clock.start) if config.clock.start else Clock()
+    await serve(config, clock, stop)
 
 
 def run_daemon(config: Config) -> int:

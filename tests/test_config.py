@@ -196,3 +196,26 @@ def test_parse_duration(text, seconds):
 @pytest.mark.parametrize("text", ["0s", "-5m", "5 minutes", "", True])
 def test_parse_duration_rejects(text):
     assert parse_duration(text) is None
+
+
+def test_clock_start_parses_offset(write_config):
+    from datetime import datetime
+
+    config = load_config(write_config(raw=BASE + "clock: {start: '1998-07-01T02:00:00+02:00'}\n"))
+    assert config.clock.start == datetime(1998, 7, 1, 0, 0)
+
+
+def test_clock_start_invalid(write_config):
+    errors = errors_of(write_config, BASE + "clock: {start: 'next tuesday'}\n")
+    assert any("clock.start: expected an ISO-8601 timestamp" in e for e in errors)
+
+
+def test_shifted_clock_runs_from_start():
+    from datetime import datetime
+
+    from segflowd.clock import ShiftedClock
+
+    clock = ShiftedClock(datetime(1998, 7, 1))
+    first = clock.now()
+    assert datetime(1998, 7, 1) <= first < datetime(1998, 7, 1, 0, 1)
+    assert clock.now() >= first

@@ -119,7 +119,7 @@ async def closed_loop(url: str, clients: int, seconds: float) -> dict[str, float
 
 
 async def open_loop(url: str, rate: float, seconds: float) -> dict[str, float]:
-    """Send events at a fixed `rate` regardless of answers, to measure latency under that load."""
+    """Send events at a fixed `rate` regardless of responses, to measure latency under that load."""
     latencies: list[float] = []
     errors = 0
     connector = aiohttp.TCPConnector(limit=256)

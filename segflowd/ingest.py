@@ -57,7 +57,7 @@ class UserNotFound(Exception):
 
 @dataclass
 class Outcome:
-    """What one call did; the HTTP layer turns it into the response body."""
+    """The result of one call, which the HTTP layer turns into the response body."""
 
     body: dict[str, Any]
     created: bool = False
@@ -75,7 +75,7 @@ class _Pending:
 
 
 def request_hash(*parts: Any) -> str:
-    """A stable hash of a request's content, to tell a retry from a reuse of its key."""
+    """Hash a request's content, to tell a retry from a reuse of its idempotency key."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
 
@@ -160,7 +160,7 @@ class Ingest:
         idempotency_key: str | None = None,
         raw_timestamp: str | None = None,
     ) -> Outcome:
-        """Store one event (creating an unknown user), or replay the stored answer for its key."""
+        """Store one event (creating an unknown user), or replay the stored response for its key."""
         fingerprint = request_hash("track", user_id, name, attributes, raw_timestamp)
 
         async def work(cur: Any) -> Outcome:

@@ -67,9 +67,22 @@ class Received:
     data: bytes
     mail_options: list[str]
 
+    def raw_header(self, name: str) -> str:
+        """One header's raw value, unfolded (CRLF removed), as the bytes carry it."""
+        head = self.data.split(b"\r\n\r\n", 1)[0].decode("utf-8")
+        unfolded = head.replace("\r\n ", " ").replace("\r\n\t", "\t")
+        for line in unfolded.split("\r\n"):
+            field, _, value = line.partition(":")
+            if field.lower() == name.lower():
+                return value.strip()
+        raise KeyError(name)
+
     @property
     def message(self) -> email.message.EmailMessage:
-        return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore[return-value]
+        """The parsed message; UTF-8 headers (RFC 6532) are decoded as UTF-8."""
+        if self.data.isascii():
+            return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore[return-value]
+        return email.message_from_string(self.data.decode("utf-8"), policy=email.policy.default)  # type: ignore[return-value]
 
 
 @dataclass
@@ -117,12 +130,6 @@ class SinkHandler:
         return f"250 2.0.0 Ok: queued as Q{len(self.received)}"
 
 
-class CountingSMTP(SMTP):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.event_handler.connections += 1
-        super().connection_made(transport)
-
-
 @dataclass
 class SmtpSink:
     handler: SinkHandler
@@ -141,14 +148,16 @@ class SmtpSink:
         return self.handler.received
 
 
-async def start_sink(*, smtputf8: bool = True, **smtp_options: Any) -> SmtpSink:
+async def start_sink(*, smtputf8: bool = True, ssl: Any = None, **smtp_options: Any) -> SmtpSink:
+    """Serve SMTP on an ephemeral port of 127.0.0.1; `ssl` makes it implicit TLS."""
     handler = SinkHandler()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: CountingSMTP(handler, enable_SMTPUTF8=smtputf8, hostname="sink.test", **smtp_options),
-        "127.0.0.1",
-        0,
-    )
+
+    def protocol() -> SMTP:
+        handler.connections += 1
+        return SMTP(handler, enable_SMTPUTF8=smtputf8, hostname="sink.test", **smtp_options)
+
+    server = await loop.create_server(protocol, "127.0.0.1", 0, ssl=ssl)
     port = server.sockets[0].getsockname()[1]
     return SmtpSink(handler, server, port)
 
@@ -231,3 +240,36 @@ async def message_row(db: Database, key: str) -> dict[str, Any]:
 def body(message: email.message.EmailMessage, subtype: str) -> str:
     """The decoded text of the `plain` or `html` part, with LF line ends."""
     return message.get_body((subtype,)).get_content().replace("\r\n", "\n")
+
+
+def make_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files in `folder`."""
+    import ipaddress
+    from datetime import timedelta as _timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.utcnow()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _timedelta(days=1))
+        .not_valid_after(now + _timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path

@@ -1,8 +1,10 @@
-"""Build a message's MIME form with the standard library's `email` package.
+"""Build a message's MIME form: the headers are written here, the body by the `email` package.
 
 Header values that come from user data (the recipient's name, the rendered
 subject) are reduced to one line first, so a CR or LF in them can never
-start a new header. Non-ASCII text in headers is encoded per RFC 2047.
+start a new header. A non-ASCII subject or display name is written whole
+as RFC 2047 encoded words, which every reader decodes back exactly (the
+`email` package's own folder can add or drop a space between words).
 An address with a non-ASCII domain goes out with the domain in IDNA
 (punycode) form unless the SMTP server offers SMTPUTF8, in which case it
 goes out as given; a non-ASCII local part needs SMTPUTF8.
@@ -10,12 +12,12 @@ goes out as given; a non-ASCII local part needs SMTPUTF8.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email import policy
-from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 
@@ -143,56 +145,103 @@ class ComposedMessage:
     def has_utf8_address(self) -> bool:
         return not (self.sender.is_ascii and self.recipient.is_ascii)
 
-    def to_email(self) -> EmailMessage:
-        """The MIME message with ASCII headers; a non-ASCII address appears as a placeholder.
+    def as_bytes(self, smtputf8: bool = False) -> bytes:
+        """The message as sent: CRLF line ends, ASCII headers apart from addresses, a 7-bit body.
 
-        `as_bytes` puts the real addresses in place. Display names and the
-        subject are always RFC 2047 encoded words, so that every reader
-        decodes them the same, even in a message with UTF-8 addresses.
+        Without `smtputf8`, a non-ASCII domain is written in IDNA form and a
+        non-ASCII local part raises InvalidAddress. With it, addresses are
+        kept as given, in UTF-8 (RFC 6532).
         """
-        message = EmailMessage(policy=policy.SMTP)
-        message["From"] = _header_address(self.sender, _SENDER_PLACEHOLDER)
-        message["To"] = _header_address(self.recipient, _RECIPIENT_PLACEHOLDER)
-        message["Subject"] = one_line(self.subject)
-        message["Date"] = format_datetime(self.date.replace(tzinfo=timezone.utc))
-        message["Message-ID"] = self.message_id
+        lines = [
+            _address_field("From", self.sender, self.sender.wire_address(smtputf8)),
+            _address_field("To", self.recipient, self.recipient.wire_address(smtputf8)),
+            _text_field("Subject", self.subject),
+            f"Date: {format_datetime(self.date.replace(tzinfo=timezone.utc))}",
+            f"Message-ID: {self.message_id}",
+        ]
         if self.list_unsubscribe is not None:
             # RFC 8058: a one-click POST to this URL unsubscribes.
-            message["List-Unsubscribe"] = f"<{self.list_unsubscribe}>"
-            message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        message.set_content(self.text, subtype="plain", cte=_transfer_encoding(self.text))
-        message.add_alternative(self.html, subtype="html", cte=_transfer_encoding(self.html))
-        return message
+            lines.append(_fold("List-Unsubscribe:", [f"<{self.list_unsubscribe}>"]))
+            lines.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
+        head = "\r\n".join(lines).encode("utf-8")
+        return head + b"\r\n" + self._body().as_bytes()
 
-    def as_bytes(self, smtputf8: bool = False) -> bytes:
-        """The message as sent: CRLF line ends and a 7-bit body.
-
-        Without `smtputf8`, a non-ASCII domain is sent in IDNA form and a
-        non-ASCII local part raises InvalidAddress. With it, addresses are
-        kept as given, as UTF-8 (RFC 6532).
-        """
-        data = self.to_email().as_bytes()
-        header_end = data.index(b"\r\n\r\n")
-        headers, body = data[:header_end], data[header_end:]
-        for mailbox, placeholder in ((self.sender, _SENDER_PLACEHOLDER), (self.recipient, _RECIPIENT_PLACEHOLDER)):
-            if not mailbox.is_ascii:
-                headers = headers.replace(placeholder.encode(), mailbox.wire_address(smtputf8).encode("utf-8"), 1)
-        return headers + body
+    def _body(self) -> EmailMessage:
+        """The multipart/alternative body with its MIME-Version and Content-Type headers."""
+        body = EmailMessage(policy=policy.SMTP)
+        body.set_content(self.text, subtype="plain", cte=_transfer_encoding(self.text))
+        body.add_alternative(self.html, subtype="html", cte=_transfer_encoding(self.html))
+        return body
 
 
-# Stand-ins for non-ASCII addresses while the email package writes the
-# headers, since its ASCII policy would turn them into encoded words, which
-# are not allowed in an address. The .invalid top-level domain (RFC 2606)
-# cannot belong to a real address.
-_SENDER_PLACEHOLDER = "segflowd-sender@placeholder.invalid"
-_RECIPIENT_PLACEHOLDER = "segflowd-recipient@placeholder.invalid"
+# Header lines are folded to at most 78 characters where the text allows.
+_MAX_LINE = 78
+# UTF-8 bytes per RFC 2047 encoded word: 45 bytes are 60 base64 characters,
+# so a word (=?utf-8?b?...?=) is 72 characters, within the limit of 75. A
+# display name of up to 45 bytes fits one word, which matters because some
+# readers (Python's `email.headerregistry` among them) keep the space
+# between adjacent encoded words in a display name, which RFC 2047 says to
+# ignore.
+_WORD_BYTES = 45
+# Characters a display name may contain without quoting (RFC 5322 atext and space).
+_ATEXT = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*$")
 
 
-def _header_address(mailbox: Mailbox, placeholder: str) -> Address:
-    if mailbox.is_ascii:
-        return Address(display_name=mailbox.display_name, username=mailbox.local_part, domain=mailbox.domain)
-    local, _, domain = placeholder.partition("@")
-    return Address(display_name=mailbox.display_name, username=local, domain=domain)
+def _encoded_words(text: str) -> list[str]:
+    """The text as base64 encoded words, each holding whole characters.
+
+    Readers ignore the whitespace between adjacent encoded words, so the
+    text decodes back exactly, spaces included.
+    """
+    words, chunk = [], b""
+    for character in text:
+        encoded = character.encode("utf-8")
+        if len(chunk) + len(encoded) > _WORD_BYTES:
+            words.append(chunk)
+            chunk = b""
+        chunk += encoded
+    if chunk:
+        words.append(chunk)
+    return [f"=?utf-8?b?{base64.b64encode(word).decode('ascii')}?=" for word in words]
+
+
+def _needs_encoding(text: str) -> bool:
+    # ASCII text that looks like an encoded word would be decoded by readers.
+    return not text.isascii() or "=?" in text
+
+
+def _fold(start: str, tokens: list[str]) -> str:
+    """Join tokens with spaces after `start`, breaking lines before a token that would pass the limit."""
+    lines, line = [], start
+    for token in tokens:
+        if line != start and len(line) + 1 + len(token) > _MAX_LINE and line.strip():
+            lines.append(line)
+            line = " " + token
+        else:
+            line = f"{line} {token}"
+    lines.append(line)
+    return "\r\n".join(lines)
+
+
+def _text_field(name: str, value: str) -> str:
+    """An unstructured header such as Subject, on one logical line."""
+    text = one_line(value)
+    tokens = _encoded_words(text) if _needs_encoding(text) else text.split(" ")
+    return _fold(f"{name}:", [token for token in tokens if token] or [""])
+
+
+def _address_field(name: str, mailbox: Mailbox, address: str) -> str:
+    """An address header: the display name as atoms, a quoted string or encoded words, then <address>."""
+    display = one_line(mailbox.display_name)
+    if not display:
+        return f"{name}: {address}"
+    if _needs_encoding(display):
+        phrase = _encoded_words(display)
+    elif _ATEXT.match(display):
+        phrase = display.split(" ")
+    else:
+        phrase = ['"' + display.replace("\\", "\\\\").replace('"', '\\"') + '"']
+    return _fold(f"{name}:", [*phrase, f"<{address}>"])
 
 
 def _transfer_encoding(body: str) -> str:

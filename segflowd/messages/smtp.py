@@ -103,6 +103,13 @@ class SmtpProvider(Provider):
         )
         await client.connect()
         try:
+            # The extensions (SMTPUTF8, 8BITMIME) must be known before the
+            # first message is built.
+            if client.is_ehlo_or_helo_needed:
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
             if config.username:
                 await client.login(config.username, config.password or "")
         except BaseException:
@@ -172,6 +179,8 @@ class SmtpProvider(Provider):
             raise
         except InvalidAddress as exc:
             raise PermanentFailure(str(exc)) from exc
+        except ssl.SSLError as exc:  # before ValueError: certificate errors are ValueErrors too
+            raise classify_smtp_error(exc) from exc
         except ValueError as exc:  # aiosmtplib rejects an address it cannot send
             raise PermanentFailure(f"address cannot be sent over SMTP: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - every other error is classified below

@@ -39,19 +39,23 @@ class SampleValue(str):
     a user attribute in any of those ways renders.
     """
 
+    def _child(self, suffix: str) -> "SampleValue":
+        # `<user.plan>` with suffix `.tier` is `<user.plan.tier>`.
+        return SampleValue(str.__getitem__(self, slice(None, -1)) + suffix + ">")
+
     def __getattr__(self, name: str) -> "SampleValue":
         if name.startswith("_"):
             raise AttributeError(name)
-        return SampleValue(f"{self[:-1]}.{name}>")
+        return self._child(f".{name}")
 
     def __getitem__(self, key: Any) -> "SampleValue":  # type: ignore[override]
-        return SampleValue(f"{self[:-1]}[{key!r}]>")
+        return self._child(f"[{key!r}]")
 
     def __call__(self, *args: Any, **kwargs: Any) -> "SampleValue":
         return self
 
     def __iter__(self) -> Iterator["SampleValue"]:  # type: ignore[override]
-        return iter([SampleValue(f"{self[:-1]}[0]>")])
+        return iter([self._child("[0]")])
 
     def __float__(self) -> float:
         return 1.0
@@ -199,16 +203,17 @@ def check_templates(config: Config) -> list[str]:
 
         contexts = []
         for _, event_name in used_by.get(name, []):
-            contexts.append(({"user": sample_user(), "event": sample_event(event_name), "campaign": None,
-                              "unsubscribe_url": url}, False))
+            context = {"user": sample_user(), "event": sample_event(event_name), "campaign": None, "unsubscribe_url": url}
+            contexts.append((context, False, f"rendered for a sample user and a sample {event_name!r} event"))
         if name not in used_by:
-            contexts.append(({**keywords, "user": sample_user(), "event": None, "campaign": "sample-campaign",
-                              "unsubscribe_url": url}, True))
-        for context, campaign in contexts:
+            context = {**keywords, "user": sample_user(), "event": None, "campaign": "sample-campaign",
+                       "unsubscribe_url": url}
+            contexts.append((context, True, "rendered for a sample user as campaign mail, where event is None"))
+        for context, campaign, how in contexts:
             try:
                 _sample_message(config, templates, name, context, campaign)
             except TemplateError as exc:
-                errors.append(f"{exc} (rendered for a sample user)")
+                errors.append(f"{exc} ({how})")
                 break
             except InvalidAddress as exc:
                 errors.append(f"template {name!r}: {exc}")

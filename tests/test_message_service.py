@@ -464,3 +464,57 @@ async def test_outbox_provider_write_error_is_temporary(tmp_path):
         assert "cannot write" in str(exc)
     else:
         raise AssertionError("expected a TemporaryFailure")
+
+
+async def test_two_processes_send_each_message_once(db, clock, make_config, smtp_sink):
+    config = make_config(email=smtp_email(smtp_sink, workers=3), scheduler={"poll_interval": "50ms"})
+    for run in range(40):
+        await add_user(db, f"u{run}", clock, email=f"u{run}@example.test", name=f"U{run}")
+        await queue_campaign(db, clock, f"u{run}", run_id=run)
+    first, second = MessageService(config, db, clock), MessageService(config, db, clock)
+
+    await first.start()
+    await second.start()
+    try:
+        received = await smtp_sink.wait_for(40)
+    finally:
+        await first.stop()
+        await second.stop()
+
+    recipients = [r.rcpt_tos[0] for r in received]
+    assert sorted(recipients) == sorted(f"u{run}@example.test" for run in range(40))
+    rows = await db.fetch_all("SELECT status, attempts FROM messages")
+    assert {(row["status"], row["attempts"]) for row in rows} == {("sent", 1)}
+
+
+async def test_metrics_count_outcomes(db, clock, make_config, smtp_sink):
+    from segflowd.metrics import REGISTRY
+
+    def sample(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {
+        "sent": sample("segflowd_messages_total", kind="campaign", status="sent"),
+        "failed": sample("segflowd_messages_total", kind="campaign", status="failed"),
+        "suppressed": sample("segflowd_messages_total", kind="campaign", status="suppressed"),
+        "temporary": sample("segflowd_send_attempts_total", provider="smtp", outcome="temporary"),
+        "latency": sample("segflowd_delivery_latency_seconds_count", kind="campaign"),
+    }
+    service = MessageService(make_config(email=smtp_email(smtp_sink)), db, clock)
+    smtp_sink.handler.data_replies = ["451 later"]
+    await add_user(db, "ok", clock, email="ok@example.test", name="Ok")
+    await add_user(db, "off", clock, email="off@example.test", name="Off", unsubscribed=True)
+    await add_user(db, "bad", clock, name="No Email")
+    for run, user in enumerate(["ok", "off", "bad"]):
+        await queue_campaign(db, clock, user, run_id=run)
+
+    await service.deliver_due()
+    clock.advance(hours=1)
+    await service.deliver_due()
+    await service.stop()
+
+    assert sample("segflowd_messages_total", kind="campaign", status="sent") - before["sent"] == 1
+    assert sample("segflowd_messages_total", kind="campaign", status="failed") - before["failed"] == 1
+    assert sample("segflowd_messages_total", kind="campaign", status="suppressed") - before["suppressed"] == 1
+    assert sample("segflowd_send_attempts_total", provider="smtp", outcome="temporary") - before["temporary"] == 1
+    assert sample("segflowd_delivery_latency_seconds_count", kind="campaign") - before["latency"] == 1

@@ -7,6 +7,8 @@ import email
 import email.policy
 from datetime import timedelta
 
+import pytest
+
 from segflowd.messages.providers import OutboxProvider, outbox_file_name
 from segflowd.messages.queue import (
     campaign_message_key,
@@ -458,12 +460,8 @@ async def test_outbox_provider_write_error_is_temporary(tmp_path):
     message = ComposedMessage(
         parse_sender("Acme <a@acme.test>"), parse_address("b@example.test"), "s", "<p>h</p>", "t", START, "<x@acme.test>"
     )
-    try:
+    with pytest.raises(TemporaryFailure, match="cannot write"):
         await provider.send(message, "k")
-    except TemporaryFailure as exc:
-        assert "cannot write" in str(exc)
-    else:
-        raise AssertionError("expected a TemporaryFailure")
 
 
 async def test_two_processes_send_each_message_once(db, clock, make_config, smtp_sink):

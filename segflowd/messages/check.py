@@ -1,7 +1,7 @@
 """`segflowd check` for templates: compile each one and render it for a sample user.
 
-The sample user has an id, an email and a name, and answers every other
-attribute with a placeholder, since the attributes real users have are not
+The sample user has an id, an email and a name, and returns a placeholder
+for every other attribute, since the attributes real users have are not
 known before they arrive. So the check finds syntax errors, unknown filters
 and tests, sandbox violations, misspelled built-in variables (`usr`,
 `unsubscribe_ur`), misspelled keys of the `event` variable, and variables
@@ -110,7 +110,7 @@ def sample_event(name: str) -> dict[str, Any]:
 
 
 def _referenced_sources(environment: jinja2.Environment, name: str, seen: set[str]) -> Iterator[tuple[str, str | None, nodes.Template]]:
-    """The parsed template and every template it extends or includes by a constant name."""
+    """Yield the parsed template and every template it extends or includes by a constant name."""
     if name in seen:
         return
     seen.add(name)
@@ -209,11 +209,11 @@ def check_templates(config: Config) -> list[str]:
             context = {**keywords, "user": sample_user(), "event": None, "campaign": "sample-campaign",
                        "unsubscribe_url": url}
             contexts.append((context, True, "rendered for a sample user as campaign mail, where event is None"))
-        for context, campaign, how in contexts:
+        for context, campaign, description in contexts:
             try:
                 _sample_message(config, templates, name, context, campaign)
             except TemplateError as exc:
-                errors.append(f"{exc} ({how})")
+                errors.append(f"{exc} ({description})")
                 break
             except InvalidAddress as exc:
                 errors.append(f"template {name!r}: {exc}")

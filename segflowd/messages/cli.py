@@ -86,7 +86,7 @@ async def print_rendered(
     sender = parse_sender(config.email.from_address)
     recipient: Mailbox | None
     try:
-        recipient = parse_address(user.get("email"), display_name=user.get("name"), what=f"user {user_id!r}'s email attribute")
+        recipient = parse_address(user.get("email"), display_name=user.get("name"), field_name=f"user {user_id!r}'s email attribute")
     except InvalidAddress as exc:
         print(f"warning: {exc}; delivery of this message would fail", file=err)
         recipient = None

@@ -5,9 +5,9 @@ subject) are reduced to one line first, so a CR or LF in them can never
 start a new header. A non-ASCII subject or display name is written whole
 as RFC 2047 encoded words, which every reader decodes back exactly (the
 `email` package's own folder can add or drop a space between words).
-An address with a non-ASCII domain goes out with the domain in IDNA
-(punycode) form unless the SMTP server offers SMTPUTF8, in which case it
-goes out as given; a non-ASCII local part needs SMTPUTF8.
+An address with a non-ASCII domain goes out as given when the SMTP server
+offers SMTPUTF8, and with the domain in IDNA (punycode) form otherwise. A
+non-ASCII local part needs SMTPUTF8.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 class InvalidAddress(ValueError):
-    """An email address that cannot be used; the message says why."""
+    """An email address that cannot be used; the message explains why."""
 
 
 def one_line(value: str) -> str:
-    """The value with line breaks and control characters turned into single spaces, trimmed."""
+    """Replace line breaks and control characters with single spaces, and trim the value."""
     return _SPACES.sub(" ", _LINE_BREAKS.sub(" ", value)).strip()
 
 
@@ -64,7 +64,7 @@ class Mailbox:
         return self.local_part.isascii() and self.domain.isascii()
 
     def wire_address(self, smtputf8: bool) -> str:
-        """The address for the SMTP envelope and headers: as given, or with an IDNA domain."""
+        """Return the address for the SMTP envelope and headers: as given, or with an IDNA domain."""
         if smtputf8 or self.is_ascii:
             return self.address
         if self.needs_smtputf8:
@@ -75,33 +75,33 @@ class Mailbox:
         return f"{self.local_part}@{self.ascii_domain}"
 
 
-def parse_address(value: object, *, display_name: object = None, what: str = "email") -> Mailbox:
+def parse_address(value: object, *, display_name: object = None, field_name: str = "email") -> Mailbox:
     """Check a bare address such as `ana+news@bücher.example`; raise InvalidAddress naming the problem.
 
     Only the dot-atom form is accepted: no quoted local parts, no address
     literals, no display name or angle brackets inside the value.
     """
     if not isinstance(value, str):
-        raise InvalidAddress(f"{what} must be a string such as ana@example.com, got {type(value).__name__} {value!r}")
+        raise InvalidAddress(f"{field_name} must be a string such as ana@example.com, got {type(value).__name__} {value!r}")
     address = value.strip()
     if not address:
-        raise InvalidAddress(f"{what} is empty; set it to an address such as ana@example.com")
+        raise InvalidAddress(f"{field_name} is empty; set it to an address such as ana@example.com")
     if _LINE_BREAKS.search(address) or any(c.isspace() for c in address):
-        raise InvalidAddress(f"{what} {value!r} contains spaces or control characters")
+        raise InvalidAddress(f"{field_name} {value!r} contains spaces or control characters")
     if len(address.encode("utf-8")) > 254:
-        raise InvalidAddress(f"{what} {value!r} is longer than 254 bytes")
+        raise InvalidAddress(f"{field_name} {value!r} is longer than 254 bytes")
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
-        raise InvalidAddress(f"{what} {value!r} is not an address: expected local-part@domain, such as ana@example.com")
+        raise InvalidAddress(f"{field_name} {value!r} is not an address: expected local-part@domain, such as ana@example.com")
     if not _LOCAL_PART.match(local) or len(local.encode("utf-8")) > 64:
-        raise InvalidAddress(f"{what} {value!r} has an invalid local part {local!r}")
+        raise InvalidAddress(f"{field_name} {value!r} has an invalid local part {local!r}")
     try:
         ascii_domain = domain.encode("idna").decode("ascii")
     except UnicodeError:
-        raise InvalidAddress(f"{what} {value!r} has an invalid domain {domain!r}") from None
+        raise InvalidAddress(f"{field_name} {value!r} has an invalid domain {domain!r}") from None
     labels = ascii_domain.rstrip(".").split(".")
     if len(ascii_domain) > 253 or not all(_LABEL.match(label) for label in labels):
-        raise InvalidAddress(f"{what} {value!r} has an invalid domain {domain!r}")
+        raise InvalidAddress(f"{field_name} {value!r} has an invalid domain {domain!r}")
     name = one_line(display_name) if isinstance(display_name, str) else ""
     return Mailbox(display_name=name, local_part=local, domain=domain)
 
@@ -114,12 +114,12 @@ def parse_sender(value: str) -> Mailbox:
         name = match.group(1).strip()
         if len(name) >= 2 and name[0] == name[-1] == '"':
             name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-        return parse_address(match.group(2), display_name=name, what="email.from")
-    return parse_address(text, what="email.from")
+        return parse_address(match.group(2), display_name=name, field_name="email.from")
+    return parse_address(text, field_name="email.from")
 
 
 def message_id_for(message_key: str, row_id: int, created_at: datetime, sender: Mailbox) -> str:
-    """A Message-ID that stays the same across retries, so a receiver can drop a repeated copy."""
+    """Return a Message-ID that stays the same across retries, so a receiver can drop a repeated copy."""
     digest = hashlib.sha256(f"{row_id}:{message_key}:{created_at.isoformat()}".encode()).hexdigest()[:32]
     return f"<{digest}@{sender.ascii_domain}>"
 
@@ -146,7 +146,7 @@ class ComposedMessage:
         return not (self.sender.is_ascii and self.recipient.is_ascii)
 
     def as_bytes(self, smtputf8: bool = False) -> bytes:
-        """The message as sent: CRLF line ends, ASCII headers apart from addresses, a 7-bit body.
+        """Serialize the message as sent: CRLF line ends, ASCII headers apart from addresses, a 7-bit body.
 
         Without `smtputf8`, a non-ASCII domain is written in IDNA form and a
         non-ASCII local part raises InvalidAddress. With it, addresses are
@@ -167,7 +167,7 @@ class ComposedMessage:
         return head + b"\r\n" + self._body().as_bytes()
 
     def _body(self) -> EmailMessage:
-        """The multipart/alternative body with its MIME-Version and Content-Type headers."""
+        """Build the multipart/alternative body with its MIME-Version and Content-Type headers."""
         body = EmailMessage(policy=policy.SMTP)
         body.set_content(self.text, subtype="plain", cte=_transfer_encoding(self.text))
         body.add_alternative(self.html, subtype="html", cte=_transfer_encoding(self.html))
@@ -188,7 +188,7 @@ _ATEXT = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*$")
 
 
 def _encoded_words(text: str) -> list[str]:
-    """The text as base64 encoded words, each holding whole characters.
+    """Encode the text as base64 encoded words, each of whole characters.
 
     Readers ignore the whitespace between adjacent encoded words, so the
     text decodes back exactly, spaces included.
@@ -224,14 +224,14 @@ def _fold(start: str, tokens: list[str]) -> str:
 
 
 def _text_field(name: str, value: str) -> str:
-    """An unstructured header such as Subject, on one logical line."""
+    """Write an unstructured header such as Subject, on one logical line."""
     text = one_line(value)
     tokens = _encoded_words(text) if _needs_encoding(text) else text.split(" ")
     return _fold(f"{name}:", [token for token in tokens if token] or [""])
 
 
 def _address_field(name: str, mailbox: Mailbox, address: str) -> str:
-    """An address header: the display name as atoms, a quoted string or encoded words, then <address>."""
+    """Write an address header: the display name as atoms, a quoted string or encoded words, then <address>."""
     display = one_line(mailbox.display_name)
     if not display:
         return f"{name}: {address}"

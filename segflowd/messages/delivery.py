@@ -36,7 +36,7 @@ from segflowd.messages.unsubscribe import unsubscribe_url
 
 log = logging.getLogger(__name__)
 
-# The longest error text stored in messages.last_error.
+# Maximum length of the error text stored in messages.last_error.
 _MAX_ERROR_LENGTH = 2000
 
 
@@ -46,7 +46,7 @@ class MessageNotSendable(Exception):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one claimed message: sent, retry, failed or suppressed."""
+    """The result of delivering one claimed message: sent, retry, failed or suppressed."""
 
     status: str
     error: str | None = None
@@ -72,7 +72,7 @@ def compose_message(
     user = stored_context.get("user") or fallback_user or {"id": user_id}
     context_source = {**stored_context, "user": user}
     try:
-        recipient = parse_address(user.get("email"), display_name=user.get("name"), what=f"user {user_id!r}'s email attribute")
+        recipient = parse_address(user.get("email"), display_name=user.get("name"), field_name=f"user {user_id!r}'s email attribute")
     except InvalidAddress as exc:
         hint = "" if user.get("email") is not None else "; set it with POST /api/user/{id} {\"attributes\": {\"email\": ...}}"
         raise MessageNotSendable(f"no valid recipient: {exc}{hint}") from exc
@@ -123,13 +123,18 @@ class Delivery:
         self.send_timeout = 4 * config.email.smtp.timeout_seconds
 
     def backoff(self, attempts: int) -> timedelta:
-        """The wait before attempt `attempts + 1`: exponential, capped, with jitter in [50%, 100%]."""
+        """Return the wait before attempt `attempts + 1`: exponential, capped, with jitter in [50%, 100%]."""
         email = self.config.email
         delay = min(email.retry_max_seconds, email.retry_base_seconds * 2 ** max(0, attempts - 1))
         return timedelta(seconds=delay * self.rng.uniform(0.5, 1.0))
 
     async def deliver(self, message: ClaimedMessage) -> Outcome:
-        """Deliver one claimed message and record the outcome; never raises for a send problem."""
+        """Deliver one claimed message and record the outcome.
+
+        Provider errors are recorded on the message, not raised; a database
+        error while recording raises, and the message is claimed again when
+        its lease ends.
+        """
         fields = message.log_fields()
 
         reason = self._suppression_reason(message)

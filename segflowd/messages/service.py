@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # How often the queue-depth gauge is refreshed, in seconds.
 _GAUGE_INTERVAL_SECONDS = 10.0
-# Longest pause of the claim loop after a database error, in seconds.
+# Maximum pause of the claim loop after a database error, in seconds.
 _MAX_ERROR_PAUSE_SECONDS = 5.0
 
 

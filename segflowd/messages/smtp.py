@@ -23,7 +23,7 @@ _IDLE_CHECK_SECONDS = 5.0
 # Messages sent over one connection before it is closed and replaced: some
 # servers refuse more than a fixed number per connection with a 4xx reply.
 _MAX_MESSAGES_PER_CONNECTION = 100
-# Longest server reply kept as the provider message id (the column holds 255).
+# Maximum length of the server reply kept as the provider message id (a VARCHAR(255) column).
 _MAX_ID_LENGTH = 255
 
 
@@ -43,6 +43,7 @@ def classify_smtp_error(exc: BaseException) -> SendFailure:
         if codes and all(500 <= code < 600 for code in codes):
             return PermanentFailure(f"recipient refused: {text}")
         return TemporaryFailure(f"recipient refused for now: {text}")
+
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
         # The message is fine; the credentials are not. Retrying lets a
         # corrected config deliver it.
@@ -54,6 +55,8 @@ def classify_smtp_error(exc: BaseException) -> SendFailure:
         if 500 <= exc.code < 600:
             return PermanentFailure(f"SMTP server rejected the message ({stage}): {exc.code} {exc.message}")
         return TemporaryFailure(f"SMTP server deferred the message ({stage}): {exc.code} {exc.message}")
+
+    # Everything below failed before the server could answer: temporary.
     if isinstance(exc, aiosmtplib.SMTPNotSupported):
         return TemporaryFailure(f"SMTP server lacks a needed extension: {exc}; check email.smtp.tls")
     if isinstance(exc, (aiosmtplib.SMTPTimeoutError, asyncio.TimeoutError, TimeoutError)):

@@ -34,7 +34,7 @@ class ClaimedMessage:
     current_user: dict[str, Any] | None
 
     def log_fields(self) -> dict[str, Any]:
-        """The ids that every log record about this message carries."""
+        """Return the ids that every log record about this message carries."""
         fields: dict[str, Any] = {
             "message_key": self.key,
             "message_id": self.id,
@@ -110,7 +110,7 @@ async def mark_message_retry(
 async def mark_message_failed(
     db: Database, message: ClaimedMessage, error: str, message_id_header: str | None, *, attempted: bool
 ) -> bool:
-    """Record a permanent failure; `attempted` says whether the provider was asked."""
+    """Record a permanent failure; `attempted` is True if the provider was asked."""
     async with db.transaction() as cur:
         await cur.execute(
             QUERIES.mark_message_failed,
@@ -138,13 +138,8 @@ async def count_queued_messages(db: Database) -> int:
     return int(row["queued"]) if row else 0
 
 
-async def count_messages_by_status(db: Database) -> list[dict[str, Any]]:
-    """Rows of kind, status and messages, for `segflowd status`."""
-    return await db.fetch_all(QUERIES.count_messages_by_status)
-
-
 async def get_message(db: Database, key: str) -> dict[str, Any] | None:
-    """One message's row by key, with its context decoded."""
+    """Return one message's row by key, with its context decoded."""
     row = await db.fetch_one(QUERIES.get_message, (key,))
     if row is not None:
         row["context"] = load_json(row["context"])

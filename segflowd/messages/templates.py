@@ -141,20 +141,20 @@ class Templates:
             raise TemplateError(name, self._location(name, part, None, None), f"cannot read the file: {exc.strerror}") from exc
 
     def parts(self, name: str) -> list[str]:
-        """The parts a template has: subject, html, and text when it has a text file."""
+        """Return the parts of a template: subject, html, and text when it has a text file."""
         return ["subject", "html"] + (["text"] if self._config_of(name).text is not None else [])
 
     def environment(self, part: str) -> SandboxedEnvironment:
-        """The environment that renders a part: autoescaping for html only."""
+        """Return the environment that renders a part: autoescaping for html only."""
         return self._html if part == "html" else self._text
 
     def source_name(self, name: str, part: str) -> str:
-        """The loader name of a part: a file path, or the subject's name in the config."""
+        """Return the loader name of a part: a file path, or the subject's name in the config."""
         config = self._config_of(name)
         return _SUBJECT_PREFIX + name if part == "subject" else str(getattr(config, part))
 
     def location(self, name: str, part: str, filename: str | None, lineno: int | None) -> str:
-        """Where a part's problem is, for messages: the file and line, or the config key of a subject."""
+        """Describe where a part's problem is: the file and line, or the config key of a subject."""
         return self._location(name, part, filename, lineno)
 
     def compile(self, name: str) -> None:
@@ -190,7 +190,7 @@ class Templates:
 def template_context(
     stored: Mapping[str, Any], *, unsubscribe_url: str, campaign: str | None = None
 ) -> dict[str, Any]:
-    """The variables a template sees, from a message's stored context.
+    """Build the template variables from a message's stored context.
 
     `user`, `event`, `campaign`, `unsubscribe_url`, and each send_email
     keyword under its own name. Raises ValueError when a keyword clashes
@@ -215,7 +215,7 @@ def template_context(
 
 
 def _template_frame(tb: TracebackType | None) -> tuple[str | None, int | None]:
-    """The file and line of the innermost template frame of a rendering error.
+    """Find the file and line of the innermost template frame of a rendering error.
 
     Jinja2 rewrites tracebacks so that frames of template code carry the
     template's file name and line number.

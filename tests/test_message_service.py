@@ -312,7 +312,7 @@ async def test_send_email_keywords_render(db, clock, make_config):
         (config.email.outbox_dir / outbox_file_name(queued.key)).read_bytes(), policy=email.policy.default
     )
     assert message["Subject"] == "10% off, Ana"
-    assert body(message, "html") == "<p>10% for onboarding</p>\n"
+    assert body(message, "html") == "<p>10% for onboarding</p>"
 
 
 async def test_rendering_uses_stored_user(db, clock, make_config):

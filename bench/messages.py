@@ -50,7 +50,7 @@ from daemon_process import Daemon  # noqa: E402
 from segflowd.clock import Clock  # noqa: E402
 from segflowd.config import load_config, parse_database_url  # noqa: E402
 from segflowd.db import Database, apply_schema  # noqa: E402
-from segflowd.messages.check import sample_event, sample_user  # noqa: E402
+from segflowd.messages.check import sample_user  # noqa: E402
 from segflowd.messages.compose import ComposedMessage, parse_address, parse_sender  # noqa: E402
 from segflowd.messages.queue import campaign_message_key, message_context, queue_message  # noqa: E402
 from segflowd.messages.service import MessageService  # noqa: E402

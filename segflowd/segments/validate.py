@@ -201,6 +201,14 @@ class SourceText:
                 return self.tokens[i].start
         return None
 
+    def text_offset(self, pattern: str) -> int | None:
+        """Offset of the first match of a regular expression outside string literals."""
+        strings = [(t.start, t.end) for t in self.tokens if t.token_type == TokenType.STRING]
+        for match in re.finditer(pattern, self.sql, re.IGNORECASE):
+            if not any(start <= match.start() <= end for start, end in strings):
+                return match.start()
+        return None
+
     def word_offset(self, word: str) -> int | None:
         """Offset of the first token whose text is `word` (case-insensitive)."""
         for token in self.tokens:
@@ -356,14 +364,19 @@ def _check_tree(source: SourceText, tree: exp.Query) -> None:
                 offset,
             )
         if isinstance(node, exp.PropertyEQ):
-            raise source.node_error("variable assignment (:=) is not allowed: a segment must not change state", node)
+            raise source.error(
+                "variable assignment (:=) is not allowed: a segment must not change state",
+                source.text_offset(r":=") or node_offset(node),
+            )
         if isinstance(node, exp.SessionParameter):
-            raise source.node_error(
-                f"system variable @@{node.name} is not allowed: a segment may depend only on users and events", node
+            raise source.error(
+                f"system variable @@{node.name} is not allowed: a segment may depend only on users and events",
+                source.text_offset(r"@@\s*(?:(?:global|session|local)\.)?" + re.escape(node.name)) or node_offset(node),
             )
         if isinstance(node, exp.Parameter):
-            raise source.node_error(
-                f"user variable @{node.name} is not allowed: a segment may depend only on users and events", node
+            raise source.error(
+                f"user variable @{node.name} is not allowed: a segment may depend only on users and events",
+                source.text_offset(r"(?<!@)@" + re.escape(node.name)) or node_offset(node),
             )
         if isinstance(node, exp.Placeholder):
             raise source.node_error("query parameters (? or :name) are not allowed: write the value in the SQL", node)

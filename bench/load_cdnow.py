@@ -110,6 +110,22 @@ def calls(purchases: list[Purchase]) -> Iterator[dict[str, Any]]:
         }
 
 
+def split_batches(all_calls: list[dict[str, Any]], batch_size: int) -> list[list[dict[str, Any]]]:
+    """Cut the calls into batches, never parting an identify from the purchase after it.
+
+    Batches run concurrently, so an identify at the end of one batch could
+    be stored after its purchase in the next, and the receipt would go to a
+    user with no address yet.
+    """
+    batches: list[list[dict[str, Any]]] = [[]]
+    for call in all_calls:
+        current = batches[-1]
+        if len(current) >= batch_size and current[-1]["type"] != "identify":
+            batches.append([])
+        batches[-1].append(call)
+    return [batch for batch in batches if batch]
+
+
 @dataclass
 class Summary:
     sent: int = 0
@@ -131,7 +147,7 @@ async def load(
 ) -> Summary:
     """Send every call in batches; return counts by result."""
     all_calls = list(calls(purchases))
-    batches = [all_calls[i:i + batch_size] for i in range(0, len(all_calls), batch_size)]
+    batches = split_batches(all_calls, batch_size)
     summary = Summary()
     bar = None
     if progress:
@@ -184,7 +200,7 @@ def main() -> int:
     parser.add_argument("--api-key", default="dev-key", help="an API key from http.api_keys")
     parser.add_argument("--file", type=Path, default=DEFAULT_FILE, help="path to CDNOW_master.txt")
     parser.add_argument("--customers", type=int, help="load only customer ids 1 to N")
-    parser.add_argument("--batch-size", type=int, default=500, help="calls per POST /api/batch (at most 1000)")
+    parser.add_argument("--batch-size", type=int, default=500, help="calls per POST /api/batch (at most 999: an identify may add one)")
     parser.add_argument("--concurrency", type=int, default=4, help="batches in flight at once")
     args = parser.parse_args()
 

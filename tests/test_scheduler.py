@@ -364,3 +364,24 @@ async def test_two_schedulers_share_work_without_repeats(config_for, db, clock, 
 
 async def _count(db, sql, expected):
     return (await db.fetch_one(sql))["n"] == expected
+
+
+async def test_pending_step_without_run_is_removed(config_for, db, clock):
+    engine = make_engine(config_for(), db, clock)
+    async with db.transaction() as cur:
+        await cur.execute(
+            "INSERT INTO pending_steps (run_id, campaign, user_id, step_index, due_at) VALUES (4242, 'c', 'u1', 0, %s)",
+            (START,),
+        )
+    assert await engine.run_due_steps() == 1
+    assert await pending(db, 4242) is None
+
+
+async def test_pending_step_of_ended_run_is_removed(config_for, db, clock):
+    engine = make_engine(config_for(), db, clock)
+    await put_user(engine, "u1")
+    [run] = await runs(db, "u1")
+    await db.fetch_all("UPDATE campaign_runs SET status = 'failed' WHERE id = %s", (run["id"],))
+    assert await engine.run_due_steps() == 1
+    assert await pending(db, run["id"]) is None
+    assert await messages(db) == []

@@ -74,38 +74,114 @@ class WakeContext:
     segments: Any
 
 
-async def _journal(cur: Any, run_id: int) -> list[JournalEntry]:
-    await cur.execute(QUERIES.select_journal, (run_id,))
-    return [
-        JournalEntry(
-            index=row["step_index"],
-            kind=row["kind"],
-            signature=load_json(row["signature"]),
-            result=load_json(row["result"]),
-            user_snapshot=load_json(row["user_snapshot"]),
+async def _journals(cur: Any, run_ids: list[int]) -> dict[int, list[JournalEntry]]:
+    journals: dict[int, list[JournalEntry]] = {run_id: [] for run_id in run_ids}
+    if not run_ids:
+        return journals
+    await cur.execute(QUERIES.select_journals, (tuple(run_ids),))
+    for row in await cur.fetchall():
+        journals[row["run_id"]].append(
+            JournalEntry(
+                index=row["step_index"],
+                kind=row["kind"],
+                signature=load_json(row["signature"]),
+                result=load_json(row["result"]),
+                user_snapshot=load_json(row["user_snapshot"]),
+            )
         )
-        for row in await cur.fetchall()
+    return journals
+
+
+async def _event_attributes(cur: Any, event_ids: list[int]) -> dict[int, Any]:
+    if not event_ids:
+        return {}
+    await cur.execute(QUERIES.select_events_attributes, (tuple(event_ids),))
+    return {row["id"]: load_json(row["attributes"]) for row in await cur.fetchall()}
+
+
+@dataclass
+class _Writes:
+    """Rows a batch of wakes writes at the end, one statement per kind of write."""
+
+    journal_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    schedules: list[tuple[Any, ...]] = field(default_factory=list)
+    completed: list[int] = field(default_factory=list)
+
+    async def flush(self, cur: Any, now: datetime) -> None:
+        if self.journal_rows:
+            await cur.executemany(QUERIES.insert_journal_step, self.journal_rows)
+        if self.schedules:
+            await cur.executemany(QUERIES.schedule_next_steps, self.schedules)
+        if self.completed:
+            await cur.execute(QUERIES.complete_runs, (now, tuple(self.completed)))
+            # One statement per step: a multi-row DELETE was seen on MariaDB
+            # 10.11 to scan past its own rows under load and deadlock with
+            # another batch, while a DELETE by primary key locks its row alone.
+            for run_id in self.completed:
+                await cur.execute(QUERIES.delete_pending_step, (run_id,))
+
+
+async def run_wakes(context: WakeContext, cur: Any, claims: list[Claim], now: datetime) -> list[WakeOutcome]:
+    """Run several claims of distinct users in the caller's transaction; return one outcome per claim.
+
+    Rows are locked users first, in id order, then steps and runs, as
+    ingest locks a user before its steps. Reads and writes are done once
+    for the whole batch, which is what makes a batch cheaper than its
+    claims one by one. A flow's failure ends its own run only; a database
+    error aborts the batch, and the caller retries its claims one by one.
+    """
+    if len({claim.user_id for claim in claims}) != len(claims):
+        raise ValueError("run_wakes needs claims of distinct users: a wake may change its user's other runs")
+    await cur.execute(QUERIES.lock_step_users, (tuple(sorted(claim.user_id for claim in claims)),))
+    users = {row["id"]: row for row in await cur.fetchall()}
+    await cur.execute(QUERIES.lock_claimed_steps, (tuple(claim.run_id for claim in claims),))
+    steps = {row["run_id"]: row for row in await cur.fetchall()}
+
+    valid = [
+        claim for claim in claims
+        if claim.run_id in steps and steps[claim.run_id]["leased_by"] == claim.token
+        and steps[claim.run_id]["step_index"] == claim.step_index
     ]
+    journals = await _journals(cur, [claim.run_id for claim in valid if claim.step_index > 0])
+    events = await _event_attributes(
+        cur, [steps[claim.run_id]["woken_event_id"] for claim in valid if steps[claim.run_id]["woken_event_id"]]
+    )
 
-
-async def _woken_event_result(cur: Any, event_id: int | None) -> Any:
-    """What wait_for_event returns: the waking event's attributes, or None at the timeout."""
-    if event_id is None:
-        return None
-    await cur.execute(QUERIES.select_event_attributes, (event_id,))
-    row = await cur.fetchone()
-    # An event deleted since it woke the step still arrived; its attributes are gone.
-    return load_json(row["attributes"]) if row else {}
+    writes = _Writes()
+    outcomes = []
+    for claim in claims:
+        step = steps.get(claim.run_id)
+        woken = None
+        if step is not None and step["woken_event_id"] is not None:
+            # An event deleted since it woke the step still arrived; its attributes are gone.
+            woken = events.get(step["woken_event_id"], {})
+        outcome = await _wake(
+            context, cur, claim, users.get(claim.user_id), step, journals.get(claim.run_id, []), woken, writes, now
+        )
+        outcomes.append(outcome)
+    await writes.flush(cur, now)
+    return outcomes
 
 
 async def run_wake(context: WakeContext, cur: Any, claim: Claim, now: datetime) -> WakeOutcome:
+    """Run one claim in the caller's transaction; see run_wakes."""
+    [outcome] = await run_wakes(context, cur, [claim], now)
+    return outcome
+
+
+async def _wake(
+    context: WakeContext,
+    cur: Any,
+    claim: Claim,
+    user_row: dict[str, Any] | None,
+    pending: dict[str, Any] | None,
+    journal: list[JournalEntry],
+    woken: Any,
+    writes: _Writes,
+    now: datetime,
+) -> WakeOutcome:
     """Check the claim still holds its lease, then replay and advance the run; see the module docstring."""
     outcome = WakeOutcome(claim)
-    # The user first, then the step and run: ingest locks in this order too.
-    await cur.execute(QUERIES.lock_step_user, (claim.user_id,))
-    user_row = await cur.fetchone()
-    await cur.execute(QUERIES.lock_claimed_step, (claim.run_id,))
-    pending = await cur.fetchone()
     if pending is None:
         outcome.skipped = "the run ended before this step ran"
         return outcome
@@ -113,8 +189,11 @@ async def run_wake(context: WakeContext, cur: Any, claim: Claim, now: datetime) 
         outcome.skipped = "another scheduler took the step after this claim's lease ran out"
         return outcome
     if pending["status"] != ACTIVE:
+        # A pending step belongs to an active run; anything else is left over
+        # from rows changed outside segflowd and would be claimed forever.
         await cur.execute(QUERIES.delete_pending_step, (claim.run_id,))
-        outcome.skipped = f"the run is {pending['status']}, so its pending step was removed"
+        state = "missing" if pending["status"] is None else pending["status"]
+        outcome.skipped = f"the run is {state}, so its pending step was removed"
         return outcome
 
     outcome.lag_seconds = max(0.0, (now - pending["due_at"]).total_seconds())
@@ -125,7 +204,6 @@ async def run_wake(context: WakeContext, cur: Any, claim: Claim, now: datetime) 
         return outcome
 
     user = {**load_json(user_row["attributes"]), "id": user_row["id"]}
-    journal = await _journal(cur, claim.run_id)
     if len(journal) != claim.step_index:
         message = (
             f"the journal holds {len(journal)} steps but the pending step is step {claim.step_index}; "
@@ -139,7 +217,7 @@ async def run_wake(context: WakeContext, cur: Any, claim: Claim, now: datetime) 
         journal[0].user_snapshot if journal else user,
     )
     try:
-        return await _advance(context, cur, outcome, driver, journal, pending, user, now)
+        return await _advance(context, cur, outcome, driver, journal, pending, woken, user, writes, now)
     finally:
         driver.close()
 
@@ -151,11 +229,12 @@ async def _advance(
     driver: FlowDriver,
     journal: list[JournalEntry],
     pending: dict[str, Any],
+    woken: Any,
     user: dict[str, Any],
+    writes: _Writes,
     now: datetime,
 ) -> WakeOutcome:
     claim = outcome.claim
-    journal_rows: list[tuple[Any, ...]] = []
     current_kind: str | None = None
     try:
         # Replay: feed the flow each recorded result and the user as they
@@ -166,7 +245,7 @@ async def _advance(
                 return await _diverge(cur, outcome, entry, step, now)
             result = entry.result
             if entry.index == len(journal) - 1 and pending["wait_event"] is not None:
-                result = await _woken_event_result(cur, pending["woken_event_id"])
+                result = woken
                 if result is not None:
                     await cur.execute(QUERIES.set_journal_result, (dump_json(result), claim.run_id, entry.index))
             following = entry.index + 1
@@ -177,7 +256,7 @@ async def _advance(
         index = len(journal)
         while True:
             if step is None:
-                await end_run(cur, claim.run_id, COMPLETED, now)
+                writes.completed.append(claim.run_id)
                 outcome.status = COMPLETED
                 return outcome
             current_kind = step.kind
@@ -189,7 +268,7 @@ async def _advance(
             elif step.kind == kinds.UPDATE_USER:
                 user = await _update_user(context, cur, claim, step, now)
                 outcome.users_updated += 1
-            journal_rows.append(
+            writes.journal_rows.append(
                 (claim.run_id, index, step.kind, dump_json(step.signature), None, dump_json(snapshot), now)
             )
             outcome.executed.append((index, step.kind))
@@ -197,7 +276,7 @@ async def _advance(
             current_kind = None
 
             if step.kind in (kinds.WAIT, kinds.WAIT_FOR_EVENT):
-                return await _schedule_wait(cur, outcome, index, step, now)
+                return _schedule_wait(writes, outcome, index, step, now)
             if step.kind == kinds.UPDATE_USER and await _run_status(cur, claim.run_id) != ACTIVE:
                 # The update moved the user out of this dynamic campaign and
                 # enrollment, running inside this transaction, exited the run.
@@ -206,16 +285,13 @@ async def _advance(
                 outcome.ended_by_enrollment = True
                 return outcome
             if len(outcome.executed) >= MAX_STEPS_PER_WAKE:
-                await cur.execute(QUERIES.schedule_next_step, (index, now, None, claim.run_id))
+                writes.schedules.append((claim.run_id, claim.campaign, claim.user_id, index, now, None))
                 outcome.next_due_at = now
                 return outcome
             driver.user.replace(user)
             step = driver.advance(result)
     except FlowFailure as failure:
         return await _fail(cur, outcome, failure, current_kind, now)
-    finally:
-        if journal_rows:
-            await cur.executemany(QUERIES.insert_journal_step, journal_rows)
 
 
 async def _send_email(
@@ -257,13 +333,14 @@ async def _run_status(cur: Any, run_id: int) -> str:
     return row["status"] if row else EXITED
 
 
-async def _schedule_wait(cur: Any, outcome: WakeOutcome, index: int, step: Step, now: datetime) -> WakeOutcome:
+def _schedule_wait(writes: _Writes, outcome: WakeOutcome, index: int, step: Step, now: datetime) -> WakeOutcome:
     if step.kind == kinds.WAIT:
         seconds, event = step.signature["seconds"], None
     else:
         seconds, event = step.signature["timeout_seconds"], step.signature["event"]
     due_at = now + timedelta(seconds=seconds)
-    await cur.execute(QUERIES.schedule_next_step, (index, due_at, event, outcome.claim.run_id))
+    claim = outcome.claim
+    writes.schedules.append((claim.run_id, claim.campaign, claim.user_id, index, due_at, event))
     outcome.next_due_at = due_at
     outcome.waiting_for = event
     return outcome

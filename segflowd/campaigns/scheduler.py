@@ -28,17 +28,51 @@ from typing import Any
 import asyncmy.errors
 
 from segflowd.campaigns.metrics import RUNS_ENDED, SCHEDULER_LAG, SCHEDULER_RETRIES, STEPS
-from segflowd.campaigns.runner import Claim, WakeContext, WakeOutcome, run_wake
+from segflowd.campaigns.runner import Claim, WakeContext, WakeOutcome, run_wakes
 from segflowd.campaigns.runs import ACTIVE, COMPLETED, EXITED
 from segflowd.config import SchedulerConfig
 from segflowd.queries import QUERIES
 
 log = logging.getLogger(__name__)
 
+# Claims run in one transaction by a worker. Reads and writes are shared by
+# the batch, so a larger batch costs fewer round trips per step, while the
+# users it locks wait for ingest a little longer.
+WAKES_PER_TRANSACTION = 25
+
 
 def _is_transient(exc: BaseException) -> bool:
     """True for errors worth an immediate retry: deadlocks, lock wait timeouts, lost connections."""
     return isinstance(exc, (asyncmy.errors.OperationalError, asyncmy.errors.InternalError, OSError))
+
+
+def _ids(claim: Claim) -> dict[str, Any]:
+    return {"campaign": claim.campaign, "run_id": claim.run_id, "user_id": claim.user_id, "step_index": claim.step_index}
+
+
+def first_group_by_user(claims: list[Claim]) -> tuple[list[Claim], list[Claim]]:
+    """Split claims into the largest leading group with distinct users, and the rest in order."""
+    group: list[Claim] = []
+    rest: list[Claim] = []
+    users: set[str] = set()
+    for claim in claims:
+        if claim.user_id in users:
+            rest.append(claim)
+        else:
+            users.add(claim.user_id)
+            group.append(claim)
+    return group, rest
+
+
+def group_by_user(claims: list[Claim]) -> list[list[Claim]]:
+    """Split claims into transactions of at most WAKES_PER_TRANSACTION claims of distinct users."""
+    groups: list[list[Claim]] = []
+    rest = claims
+    while rest:
+        group, rest = first_group_by_user(rest)
+        rest = group[WAKES_PER_TRANSACTION:] + rest
+        groups.append(group[:WAKES_PER_TRANSACTION])
+    return groups
 
 
 def scheduler_name() -> str:
@@ -103,35 +137,50 @@ class Scheduler:
                 extra={"action": "release_failed", "steps": len(claims), "error": str(exc)},
             )
 
-    # --- running one claim ------------------------------------------------
+    # --- running claims ----------------------------------------------------
 
     async def execute(self, claim: Claim) -> WakeOutcome | None:
         """Run one claim in its own transaction and report it; never raises for a step's failure."""
+        outcomes = await self.execute_batch([claim])
+        return outcomes[0] if outcomes else None
+
+    async def execute_batch(self, claims: list[Claim]) -> list[WakeOutcome]:
+        """Run claims of distinct users in one transaction and report them; never raises for a step's failure.
+
+        If the transaction fails with an error that is not a temporary one,
+        each claim is run again alone, so that one bad run cannot hold back
+        the others of its batch.
+        """
         now = self.clock.now()
         try:
             async with self.db.transaction() as cur:
-                outcome = await run_wake(self.context, cur, claim, now)
+                outcomes = await run_wakes(self.context, cur, claims, now)
         except Exception as exc:  # noqa: BLE001 - one step's error must not stop the scheduler
-            ids = {"campaign": claim.campaign, "run_id": claim.run_id, "user_id": claim.user_id,
-                   "step_index": claim.step_index}
             if _is_transient(exc):
-                SCHEDULER_RETRIES.inc()
-                log.warning(
-                    "step rolled back after a temporary database error; it runs again at the next poll",
-                    extra={"action": "step_retry", **ids, "error": str(exc)},
-                )
-                await self._release_quietly([claim])
-            else:
-                # Not flow code (that fails the run in run_wake): keep the
-                # lease, so the step is tried again once the lease has passed.
-                log.error(
-                    "step rolled back after an error outside flow code; it is tried again when its lease ends",
-                    exc_info=True,
-                    extra={"action": "step_error", **ids, "lease_seconds": self.settings.lease.total_seconds()},
-                )
-            return None
-        self._report(outcome, now)
-        return outcome
+                SCHEDULER_RETRIES.inc(len(claims))
+                for claim in claims:
+                    log.warning(
+                        "step rolled back after a temporary database error; it runs again at the next poll",
+                        extra={"action": "step_retry", **_ids(claim), "error": str(exc)},
+                    )
+                await self._release_quietly(claims)
+                return []
+            if len(claims) > 1:
+                outcomes = []
+                for claim in claims:
+                    outcomes += await self.execute_batch([claim])
+                return outcomes
+            # Not flow code (that fails the run in run_wakes): keep the lease,
+            # so the step is tried again once the lease has passed.
+            log.error(
+                "step rolled back after an error outside flow code; it is tried again when its lease ends",
+                exc_info=True,
+                extra={"action": "step_error", **_ids(claims[0]), "lease_seconds": self.settings.lease.total_seconds()},
+            )
+            return []
+        for outcome in outcomes:
+            self._report(outcome, now)
+        return outcomes
 
     def _report(self, outcome: WakeOutcome, now: datetime) -> None:
         """Log and count a committed wake, and wake the parts it gave work to."""
@@ -186,16 +235,16 @@ class Scheduler:
         total = 0
         gate = asyncio.Semaphore(self.settings.workers)
 
-        async def run_one(claim: Claim) -> None:
+        async def run_group(group: list[Claim]) -> None:
             async with gate:
-                await self.execute(claim)
+                await self.execute_batch(group)
 
         while limit is None or total < limit:
             size = self.settings.batch_size if limit is None else min(self.settings.batch_size, limit - total)
             claims = await self.claim(size)
             if not claims:
                 break
-            await asyncio.gather(*(run_one(claim) for claim in claims))
+            await asyncio.gather(*(run_group(group) for group in group_by_user(claims)))
             total += len(claims)
         return total
 
@@ -275,13 +324,24 @@ class Scheduler:
 
     async def _work_loop(self) -> None:
         batch = self.settings.batch_size
+        held: list[Claim] = []
         while True:
-            claim = await self._queue.get()
-            if claim is None:
-                return
+            if not held:
+                claim = await self._queue.get()
+                if claim is None:
+                    return
+                held.append(claim)
+            # Take what else is queued, up to one transaction's worth.
+            while len(held) < WAKES_PER_TRANSACTION and not self._queue.empty():
+                claim = self._queue.get_nowait()
+                if claim is None:
+                    self._queue.put_nowait(None)  # the stop signal stays for the next get
+                    break
+                held.append(claim)
             if self._queue.qsize() <= batch:
                 self._room.set()
-            await self.execute(claim)
+            group, held = first_group_by_user(held)
+            await self.execute_batch(group)
 
     async def _wait(self, event: asyncio.Event, timeout: float) -> None:
         if self._stopping:

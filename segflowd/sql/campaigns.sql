@@ -2,6 +2,10 @@
 --
 -- `static_key` and `active_key` are '<campaign>:<user id>'. Campaign names
 -- cannot contain ':', so the key is unambiguous for any user id.
+--
+-- Statements that lock rows name their index (FORCE INDEX). Table statistics
+-- lag behind bursts of inserts and deletes, and a plan that scans the whole
+-- table would lock, or wait for, rows that other transactions hold.
 
 -- select_user_segment_names --
 -- The segments a user is a member of now.
@@ -39,7 +43,7 @@ DELETE FROM pending_steps WHERE run_id = %s
 -- wake_waiting_steps --
 -- Make a user's steps waiting for this event name due now and remember the
 -- event. Only the first matching event wakes a step.
-UPDATE pending_steps
+UPDATE pending_steps FORCE INDEX (pending_steps_wait)
 SET due_at = %s, woken_event_id = %s
 WHERE user_id = %s AND wait_event = %s AND woken_event_id IS NULL
 
@@ -54,14 +58,15 @@ ORDER BY r.id DESC
 
 -- lock_active_user_runs --
 -- The live runs of a user, locked, before they are stopped.
-SELECT id, campaign FROM campaign_runs
+SELECT id, campaign FROM campaign_runs FORCE INDEX (campaign_runs_user)
 WHERE user_id = %s AND status = 'active'
 FOR UPDATE
 
 -- delete_user_journal --
 -- Remove the journal of every run of a user: it holds copies of their attributes.
-DELETE s FROM run_steps s
-JOIN campaign_runs r ON r.id = s.run_id
+DELETE s
+FROM campaign_runs r FORCE INDEX (campaign_runs_user)
+STRAIGHT_JOIN run_steps s ON s.run_id = r.id
 WHERE r.user_id = %s
 
 -- select_qualifying_users_without_run --
@@ -100,7 +105,7 @@ LIMIT %s
 -- Lock due steps of configured campaigns that no live lease holds, oldest
 -- first. SKIP LOCKED lets concurrent schedulers take disjoint rows.
 SELECT run_id, campaign, user_id, step_index, due_at
-FROM pending_steps
+FROM pending_steps FORCE INDEX (pending_steps_due)
 WHERE due_at <= %s
   AND (lease_until IS NULL OR lease_until < %s)
   AND campaign IN %s
@@ -110,38 +115,39 @@ FOR UPDATE SKIP LOCKED
 
 -- lease_steps --
 -- Lease claimed steps to one claim token until the given time.
-UPDATE pending_steps SET lease_until = %s, leased_by = %s WHERE run_id IN %s
+UPDATE pending_steps FORCE INDEX (PRIMARY) SET lease_until = %s, leased_by = %s WHERE run_id IN %s
 
 -- release_steps --
 -- Give back steps this claim token still holds, so any scheduler takes them now.
-UPDATE pending_steps SET lease_until = NULL, leased_by = NULL
+UPDATE pending_steps FORCE INDEX (PRIMARY) SET lease_until = NULL, leased_by = NULL
 WHERE run_id IN %s AND leased_by = %s
 
--- lock_step_user --
--- Lock the user of a step before its run, in the order ingest locks them,
--- and read the attributes the flow sees.
-SELECT id, attributes FROM users WHERE id = %s FOR UPDATE
+-- lock_step_users --
+-- Lock the users of claimed steps in id order, before their steps and runs,
+-- as ingest locks a user before its steps; read the attributes flows see.
+SELECT id, attributes FROM users FORCE INDEX (PRIMARY) WHERE id IN %s ORDER BY id FOR UPDATE
 
--- lock_claimed_step --
--- Lock a claimed step and its run, to check that the claim still holds the
--- lease before anything runs.
+-- lock_claimed_steps --
+-- Lock claimed steps and their runs, to check that each claim still holds
+-- its lease before anything runs. `status` is NULL if the run row is missing.
 SELECT p.run_id, p.campaign, p.user_id, p.step_index, p.due_at, p.wait_event,
        p.woken_event_id, p.leased_by, r.status
-FROM pending_steps p
-JOIN campaign_runs r ON r.id = p.run_id
-WHERE p.run_id = %s
+FROM pending_steps p FORCE INDEX (PRIMARY)
+LEFT JOIN campaign_runs r FORCE INDEX (PRIMARY) ON r.id = p.run_id
+WHERE p.run_id IN %s
+ORDER BY p.run_id
 FOR UPDATE
 
--- select_journal --
--- The steps a run has executed, in order.
-SELECT step_index, kind, signature, result, user_snapshot, executed_at
+-- select_journals --
+-- The steps some runs have executed, in order.
+SELECT run_id, step_index, kind, signature, result, user_snapshot, executed_at
 FROM run_steps
-WHERE run_id = %s
-ORDER BY step_index
+WHERE run_id IN %s
+ORDER BY run_id, step_index
 
--- select_event_attributes --
--- The attributes of the event that woke a wait_for_event step.
-SELECT attributes FROM events WHERE id = %s
+-- select_events_attributes --
+-- The attributes of events that woke wait_for_event steps.
+SELECT id, attributes FROM events WHERE id IN %s
 
 -- insert_journal_step --
 -- Record one executed step. The primary key (run_id, step_index) rejects a
@@ -157,12 +163,21 @@ UPDATE run_steps SET result = %s WHERE run_id = %s AND step_index = %s
 -- The status of one run.
 SELECT status FROM campaign_runs WHERE id = %s
 
--- schedule_next_step --
--- Point a run at its next step and when it is due, releasing the lease.
-UPDATE pending_steps
-SET step_index = %s, due_at = %s, wait_event = %s, woken_event_id = NULL,
-    lease_until = NULL, leased_by = NULL
-WHERE run_id = %s
+-- schedule_next_steps --
+-- Point runs at their next step and when it is due, releasing the lease.
+-- Written as an upsert so that one statement updates a whole batch; the
+-- rows exist and are locked by the same transaction, so nothing is inserted.
+INSERT INTO pending_steps (run_id, campaign, user_id, step_index, due_at, wait_event)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON DUPLICATE KEY UPDATE
+    step_index = VALUES(step_index), due_at = VALUES(due_at), wait_event = VALUES(wait_event),
+    woken_event_id = NULL, lease_until = NULL, leased_by = NULL
+
+-- complete_runs --
+-- Mark runs whose flow returned as completed and free their active keys.
+UPDATE campaign_runs FORCE INDEX (PRIMARY)
+SET status = 'completed', active_key = NULL, ended_at = %s, error = NULL
+WHERE id IN %s AND status = 'active'
 
 -- count_runs_by_status --
 -- Runs per campaign and status, for `segflowd status`.

@@ -26,6 +26,12 @@ def test_send_email_rejects_bad_template(rt, template):
         rt.send_email(template)
 
 
+@pytest.mark.parametrize("name", ["user", "event", "campaign", "unsubscribe_url", "params"])
+def test_send_email_rejects_reserved_keyword(rt, name):
+    with pytest.raises(ValueError, match=f"keyword '{name}' is a variable the template context defines"):
+        rt.send_email("welcome", **{name: "x"})
+
+
 def test_send_email_rejects_non_json_params(rt):
     with pytest.raises(TypeError, match="must be JSON data"):
         rt.send_email("welcome", when=object())

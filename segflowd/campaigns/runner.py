@@ -21,7 +21,7 @@ from segflowd.campaigns.runs import ACTIVE, COMPLETED, DIVERGED, EXITED, FAILED,
 from segflowd.campaigns.steps import Runtime, Step
 from segflowd.config import Config
 from segflowd.db import dump_json, load_json
-from segflowd.messages.queue import campaign_message_key, queue_message
+from segflowd.messages.queue import campaign_message_key, message_context, queue_message
 from segflowd.queries import QUERIES
 
 # One wake runs at most this many steps that do not wait, then yields the
@@ -310,7 +310,7 @@ async def _send_email(
         kind="campaign",
         user_id=claim.user_id,
         template=template,
-        context={"user": snapshot, "event": None, "campaign": claim.campaign, "params": step.signature["params"]},
+        context=message_context(snapshot, campaign=claim.campaign, params=step.signature["params"]),
         now=now,
         campaign=claim.campaign,
         run_id=claim.run_id,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from segflowd.messages.queue import RESERVED_NAMES
+
 SEND_EMAIL = "send_email"
 WAIT = "wait"
 WAIT_FOR_EVENT = "wait_for_event"
@@ -98,6 +100,12 @@ class Runtime:
         """Queue the template for this user; keywords are extra template context."""
         if not isinstance(template, str) or not template:
             raise TypeError(f"send_email() expects a template name as its first argument, got {template!r}")
+        clashes = sorted(RESERVED_NAMES & params.keys())
+        if clashes:
+            raise ValueError(
+                f"send_email({template!r}) keyword {clashes[0]!r} is a variable the template context "
+                f"defines itself ({', '.join(sorted(RESERVED_NAMES))}); rename the keyword"
+            )
         params = normalize_json(params, f"send_email({template!r}) keywords")
         return self._build(SEND_EMAIL, {"template": template, "params": params})
 

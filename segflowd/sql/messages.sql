@@ -79,6 +79,10 @@ WHERE id = %s AND status = 'queued' AND lease_until = %s
 -- How many messages wait for delivery, for the queue-depth gauge.
 SELECT COUNT(*) AS queued FROM messages WHERE status = 'queued'
 
+-- count_messages_by_status --
+-- Messages per status, for `segflowd status`.
+SELECT status, COUNT(*) AS messages FROM messages GROUP BY status ORDER BY status
+
 -- get_message --
 -- One message's row by key.
 SELECT id, message_key, kind, user_id, template, campaign, run_id, event_id,

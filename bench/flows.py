@@ -2,8 +2,8 @@
 
 Two measurements, each on a fresh database that is dropped afterwards:
 
-1. burst: `--runs` runs (default 10,000) due at the same moment; the
-   scheduler runs the first wake of each, and the figure is steps per
+1. burst: `--runs` runs (default 10,000) are due at the same moment, and
+   the scheduler runs the first wake of each. The figure is steps per
    second from the start of the scheduler until every run has woken once.
    With `--flow send` (the default) a wake is one `send_email` step that
    completes the run; with `--flow send-wait` it is a `send_email` and a
@@ -216,8 +216,8 @@ async def main() -> int:
     parser.add_argument("--poll-interval", default="200ms", help="scheduler.poll_interval (default: %(default)s)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    # DROP DATABASE IF EXISTS and CREATE TABLE IF NOT EXISTS answer with notes
-    # that the driver logs as warnings.
+    # DROP DATABASE IF EXISTS and CREATE TABLE IF NOT EXISTS return notes that
+    # the driver logs as warnings.
     logging.getLogger("asyncmy").setLevel(logging.ERROR)
 
     name = f"segflow_bench_{uuid.uuid4().hex[:8]}"

@@ -1,7 +1,7 @@
 """Real `segflowd` processes on one database: sharing due steps, and surviving kill -9.
 
 Each process logs one JSON `step_executed` line per step after its
-transaction commits; with the message keys and the journal, those lines
+transaction commits. With the message keys and the journal, those lines
 show that every step ran exactly once and which process ran it.
 """
 
@@ -113,7 +113,8 @@ async def _check_every_step_once(db, runs: int, steps_per_run: int, sends_per_ru
     }
     assert set(keys) == expected_keys
     repeats = Counter((record["run_id"], record["step_index"]) for record in executed)
-    assert repeats and max(repeats.values()) == 1
+    assert repeats
+    assert max(repeats.values()) == 1
 
 
 async def test_two_processes_share_due_steps(write_config, tmp_path, db):

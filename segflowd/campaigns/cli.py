@@ -13,7 +13,7 @@ _MESSAGE_STATUSES = ("queued", "sent", "failed", "suppressed")
 
 
 def format_seconds(seconds: float) -> str:
-    """A short human duration: 850ms, 12.3s, 4m05s, 2h10m, 3d04h."""
+    """Format seconds as a short duration: 850ms, 12.3s, 4m05s, 2h10m, 3d04h."""
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 60:

@@ -44,7 +44,7 @@ class Claim:
 
 @dataclass
 class WakeOutcome:
-    """What one wake did, reported (logged and counted) after its transaction commits."""
+    """The result of one wake, logged and counted after its transaction commits."""
 
     claim: Claim
     skipped: str | None = None
@@ -67,7 +67,7 @@ class WakeOutcome:
 
 @dataclass
 class WakeContext:
-    """What a wake needs besides the transaction: config, loaded flows and the segment engine."""
+    """The inputs of a wake besides the transaction: config, loaded flows and the segment engine."""
 
     config: Config
     flows: dict[str, Callable[[Any, Any], Any]]

@@ -76,7 +76,7 @@ def group_by_user(claims: list[Claim]) -> list[list[Claim]]:
 
 
 def scheduler_name() -> str:
-    """An identifier for this process's scheduler, unique across hosts and restarts (at most 45 chars)."""
+    """Return an identifier for this process's scheduler, unique across hosts and restarts (at most 45 chars)."""
     return f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
@@ -140,12 +140,12 @@ class Scheduler:
     # --- running claims ----------------------------------------------------
 
     async def execute(self, claim: Claim) -> WakeOutcome | None:
-        """Run one claim in its own transaction and report it; never raises for a step's failure."""
+        """Run one claim in its own transaction and report it; errors are logged, not raised."""
         outcomes = await self.execute_batch([claim])
         return outcomes[0] if outcomes else None
 
     async def execute_batch(self, claims: list[Claim]) -> list[WakeOutcome]:
-        """Run claims of distinct users in one transaction and report them; never raises for a step's failure.
+        """Run claims of distinct users in one transaction and report them; errors are logged, not raised.
 
         If the transaction fails with an error that is not a temporary one,
         each claim is run again alone, so that one bad run cannot hold back
@@ -324,23 +324,23 @@ class Scheduler:
 
     async def _work_loop(self) -> None:
         batch = self.settings.batch_size
-        held: list[Claim] = []
+        in_hand: list[Claim] = []
         while True:
-            if not held:
+            if not in_hand:
                 claim = await self._queue.get()
                 if claim is None:
                     return
-                held.append(claim)
+                in_hand.append(claim)
             # Take what else is queued, up to one transaction's worth.
-            while len(held) < WAKES_PER_TRANSACTION and not self._queue.empty():
+            while len(in_hand) < WAKES_PER_TRANSACTION and not self._queue.empty():
                 claim = self._queue.get_nowait()
                 if claim is None:
                     self._queue.put_nowait(None)  # the stop signal stays for the next get
                     break
-                held.append(claim)
+                in_hand.append(claim)
             if self._queue.qsize() <= batch:
                 self._room.set()
-            group, held = first_group_by_user(held)
+            group, in_hand = first_group_by_user(in_hand)
             await self.execute_batch(group)
 
     async def _wait(self, event: asyncio.Event, timeout: float) -> None:

@@ -1,4 +1,4 @@
-"""What a flow yields: steps built by the runtime `rt`, and the read-only user.
+"""Flow steps, built by the runtime `rt`, and the read-only user of a flow.
 
 A flow is a generator function `flow(user, rt)`. Each `yield` hands the
 scheduler one Step built by a method of `rt`; the value sent back into the
@@ -35,7 +35,7 @@ class Step:
     signature: dict[str, Any]
 
     def describe(self) -> str:
-        """The step as flow code would write it, for log lines and run errors."""
+        """Render the step as flow code would write it, for log lines and run errors."""
         return describe_step(self.kind, self.signature)
 
 
@@ -167,10 +167,10 @@ class Runtime:
 
 
 class UserView(Mapping[str, Any]):
-    """The read-only `user` a flow sees: attributes plus `id`.
+    """The read-only `user` argument of a flow: attributes plus `id`.
 
-    The scheduler swaps the data between steps, so that during a replay the
-    flow sees the user as they were when each step first ran.
+    The scheduler replaces the data between steps, so that during a replay
+    the flow reads the user as they were when each step first ran.
     """
 
     def __init__(self, data: dict[str, Any]) -> None:
@@ -181,7 +181,7 @@ class UserView(Mapping[str, Any]):
         self._data = copy.deepcopy(data)
 
     def snapshot(self) -> dict[str, Any]:
-        """A copy of what the flow sees now, for the journal."""
+        """Return a copy of the data the flow reads now, for the journal."""
         return copy.deepcopy(self._data)
 
     def __getitem__(self, key: str) -> Any:

@@ -19,8 +19,8 @@ FROM campaign_runs
 WHERE user_id = %s AND (active_key IS NOT NULL OR static_key IS NOT NULL)
 
 -- insert_run --
--- Start a run. A run that already holds the static or active key makes this
--- a no-op (affected rows 0), so concurrent enrollments cannot start two.
+-- Start a run. If a run already has the static or active key, this is a
+-- no-op (affected rows 0), so concurrent enrollments cannot start two.
 INSERT INTO campaign_runs (campaign, user_id, status, static_key, active_key, started_at)
 VALUES (%s, %s, 'active', %s, %s, %s)
 ON DUPLICATE KEY UPDATE id = id
@@ -63,7 +63,8 @@ WHERE user_id = %s AND status = 'active'
 FOR UPDATE
 
 -- delete_user_journal --
--- Remove the journal of every run of a user: it holds copies of their attributes.
+-- Remove the journal of every run of a user, because it contains copies of
+-- their attributes.
 DELETE s
 FROM campaign_runs r FORCE INDEX (campaign_runs_user)
 STRAIGHT_JOIN run_steps s ON s.run_id = r.id
@@ -123,8 +124,8 @@ UPDATE pending_steps FORCE INDEX (PRIMARY) SET lease_until = NULL, leased_by = N
 WHERE run_id IN %s AND leased_by = %s
 
 -- lock_step_users --
--- Lock the users of claimed steps in id order, before their steps and runs,
--- as ingest locks a user before its steps; read the attributes flows see.
+-- Lock the users of claimed steps in id order and read their attributes.
+-- Users are locked before their steps and runs, as ingest locks them.
 SELECT id, attributes FROM users FORCE INDEX (PRIMARY) WHERE id IN %s ORDER BY id FOR UPDATE
 
 -- lock_claimed_steps --
@@ -165,8 +166,8 @@ SELECT status FROM campaign_runs WHERE id = %s
 
 -- schedule_next_steps --
 -- Point runs at their next step and when it is due, releasing the lease.
--- Written as an upsert so that one statement updates a whole batch; the
--- rows exist and are locked by the same transaction, so nothing is inserted.
+-- It is an upsert so that one statement updates a whole batch. The rows
+-- exist and this transaction has locked them, so nothing is inserted.
 INSERT INTO pending_steps (run_id, campaign, user_id, step_index, due_at, wait_event)
 VALUES (%s, %s, %s, %s, %s, %s)
 ON DUPLICATE KEY UPDATE

@@ -77,8 +77,8 @@ class RuleSegments:
         user = await get_user(cur, user_id)
         await cur.execute("SELECT segment FROM segment_members WHERE user_id = %s", (user_id,))
         current = {row["segment"] for row in await cur.fetchall()}
-        wanted = {name for name, rule in self.rules.items() if user is not None and rule(user)}
-        changes = MembershipChanges(entered=sorted(wanted - current), left=sorted(current - wanted))
+        expected = {name for name, rule in self.rules.items() if user is not None and rule(user)}
+        changes = MembershipChanges(entered=sorted(expected - current), left=sorted(current - expected))
         for name in changes.entered:
             await cur.execute(
                 "INSERT INTO segment_members (segment, user_id, entered_at) VALUES (%s, %s, %s)", (name, user_id, now)

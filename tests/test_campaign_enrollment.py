@@ -5,6 +5,7 @@ from datetime import timedelta
 import pytest
 
 from segflowd.clock import FakeClock
+from segflowd.metrics import REGISTRY
 from segflowd.model import MembershipChanges
 from segflowd.timestamps import format_timestamp
 from flowcases.harness import (
@@ -281,8 +282,12 @@ async def test_stop_user_runs(engine_for, db, clock):
     await put_user(engine, "u2")
     await engine.run_due_steps()
     clock.advance(minutes=5)
+    ended = REGISTRY.get_sample_value("segflowd_campaign_runs_ended_total", {"campaign": "c", "status": "exited"}) or 0.0
     async with db.transaction() as cur:
         await engine.stop_user_runs(cur, "u1", clock.now())
+    assert REGISTRY.get_sample_value(
+        "segflowd_campaign_runs_ended_total", {"campaign": "c", "status": "exited"}
+    ) == ended + 1
 
     by_campaign = {run["campaign"]: run for run in await runs(db, "u1")}
     assert by_campaign["c"]["status"] == "exited"

@@ -80,6 +80,20 @@ def test_wait_rejects_negative(rt):
         rt.wait(hours=-1)
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda rt: rt.wait(days=36_501),
+        lambda rt: rt.wait(weeks=5_214, days=3),
+        lambda rt: rt.wait(timedelta(days=999_999)),
+        lambda rt: rt.wait_for_event("purchase", timedelta(days=40_000)),
+    ],
+)
+def test_wait_rejects_centuries(rt, call):
+    with pytest.raises(ValueError, match="at most 36500 days"):
+        call(rt)
+
+
 def test_wait_for_event_signature(rt):
     assert rt.wait_for_event("purchase", timeout=timedelta(days=7)).signature == {
         "event": "purchase",

@@ -139,6 +139,7 @@ async def stop_user_runs(cur: Any, user_id: str, now: datetime) -> list[int]:
     rows = list(await cur.fetchall())
     for row in rows:
         await end_run(cur, row["id"], EXITED, now, "the user was deleted")
+        RUNS_ENDED.labels(row["campaign"], EXITED).inc()
         log.info(
             "campaign run exited: the user was deleted",
             extra={"action": "run_exited", "campaign": row["campaign"], "user_id": user_id, "run_id": row["id"]},

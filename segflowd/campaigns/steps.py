@@ -26,6 +26,10 @@ KINDS = (SEND_EMAIL, WAIT, WAIT_FOR_EVENT, UPDATE_USER)
 
 _WAIT_UNITS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400, "weeks": 604800}
 
+# Longer waits are almost certainly a unit mistake, and a due time past year
+# 9999 cannot be stored at all.
+MAX_WAIT = timedelta(days=36_500)
+
 
 @dataclass(frozen=True)
 class Step:
@@ -78,6 +82,8 @@ def _seconds(value: Any, what: str) -> float:
         raise TypeError(f"{what} must be a timedelta or a number of seconds, got {value!r}")
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"{what} must be zero or more seconds, got {value!r}")
+    if seconds > MAX_WAIT.total_seconds():
+        raise ValueError(f"{what} must be at most {MAX_WAIT.days} days, got {value!r}")
     return seconds
 
 
@@ -128,6 +134,8 @@ class Runtime:
             seconds = 0.0
             for unit, amount in units.items():
                 seconds += _seconds(amount, f"wait({unit}=...)") * _WAIT_UNITS[unit]
+            if seconds > MAX_WAIT.total_seconds():
+                raise ValueError(f"wait() must be at most {MAX_WAIT.days} days, got {seconds} seconds")
         return self._build(WAIT, {"seconds": seconds})
 
     def wait_for_event(self, name: str, timeout: timedelta | float) -> Step:

@@ -170,3 +170,29 @@ async def test_kill_9_then_restart_completes_every_run_once(write_config, tmp_pa
     assert len(before) + len(after) <= runs * 5
     await _check_every_step_once(db, runs, 5, 3, before + after)
     assert _errors(successor) == []
+
+
+async def test_daemon_runs_flow_from_http_to_outbox(write_config, tmp_path, db):
+    """A user posted to a running daemon gets the campaign's mail in the outbox, with no test driving time."""
+    import aiohttp
+
+    config = _config(write_config, tmp_path, "two_sends", lease="60s")
+    daemon = Daemon(config.path)
+    try:
+        await _start([daemon])
+        async with aiohttp.ClientSession() as session:
+            response = await session.post(
+                f"{daemon.url}/api/user/ann",
+                json={"attributes": {"email": "ann@example.test", "name": "Ann"}},
+                headers={"Authorization": "Bearer test-key"},
+            )
+            assert response.status == 201
+        await _wait_for(db, "SELECT COUNT(*) AS n FROM messages WHERE status = 'sent'", 2, [daemon], timeout=60)
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+
+    [run] = await db.fetch_all("SELECT status FROM campaign_runs WHERE user_id = 'ann'")
+    assert run["status"] == "completed"
+    outbox = sorted((tmp_path / "outbox").rglob("*.eml"))
+    assert len(outbox) == 2

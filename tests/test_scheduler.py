@@ -385,3 +385,17 @@ async def test_pending_step_of_ended_run_is_removed(config_for, db, clock):
     assert await engine.run_due_steps() == 1
     assert await pending(db, run["id"]) is None
     assert await messages(db) == []
+
+
+async def test_claim_failures_are_logged_once_then_rate_limited(config_for, db, clock, caplog):
+    caplog.set_level(logging.INFO, logger="segflowd.campaigns.scheduler")
+    engine = make_engine(config_for(), db, clock)
+    scheduler = engine.scheduler
+    error = asyncmy.errors.OperationalError(2013, "Lost connection to MySQL server during query")
+    for _ in range(5):
+        scheduler._claim_failed(error)
+    records = [r for r in caplog.records if getattr(r, "action", None) == "claim_retry"]
+    assert len(records) == 1
+    assert records[0].levelno == logging.WARNING
+    assert records[0].failures == 1
+    assert scheduler._claim_failures == 5

@@ -97,6 +97,8 @@ class Scheduler:
         self._claimer: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._claim_failures = 0
+        self._claim_failure_logged_at = float("-inf")
 
     # --- claims -----------------------------------------------------------
 
@@ -158,11 +160,12 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - one step's error must not stop the scheduler
             if _is_transient(exc):
                 SCHEDULER_RETRIES.inc(len(claims))
-                for claim in claims:
-                    log.warning(
-                        "step rolled back after a temporary database error; it runs again at the next poll",
-                        extra={"action": "step_retry", **_ids(claim), "error": str(exc)},
-                    )
+                ids = _ids(claims[0]) if len(claims) == 1 else {"run_ids": ",".join(str(c.run_id) for c in claims)}
+                log.warning(
+                    "%d steps rolled back after a temporary database error; they run again at the next poll",
+                    len(claims),
+                    extra={"action": "step_retry", **ids, "error": str(exc)},
+                )
                 await self._release_quietly(claims)
                 return []
             if len(claims) > 1:
@@ -311,12 +314,15 @@ class Scheduler:
             try:
                 claims = await self.claim(batch)
             except Exception as exc:  # noqa: BLE001 - keep polling; the database may come back
-                log.warning(
-                    "claiming due steps failed; retrying at the next poll",
-                    exc_info=not _is_transient(exc),
-                    extra={"action": "claim_retry", "scheduler": self.name, "error": str(exc)},
-                )
+                self._claim_failed(exc)
                 claims = []
+            else:
+                if self._claim_failures:
+                    log.info(
+                        "claiming due steps works again",
+                        extra={"action": "claim_recovered", "scheduler": self.name, "failures": self._claim_failures},
+                    )
+                    self._claim_failures = 0
             for claim in claims:
                 self._queue.put_nowait(claim)
             if len(claims) < batch:
@@ -342,6 +348,19 @@ class Scheduler:
                 self._room.set()
             group, in_hand = first_group_by_user(in_hand)
             await self.execute_batch(group)
+
+    def _claim_failed(self, exc: Exception) -> None:
+        """Log a failed claim: the first of a series, then at most once a minute with the count."""
+        self._claim_failures += 1
+        now = asyncio.get_running_loop().time()
+        if self._claim_failures > 1 and now - self._claim_failure_logged_at < 60:
+            return
+        self._claim_failure_logged_at = now
+        log.warning(
+            "claiming due steps failed; retrying at every poll",
+            exc_info=not _is_transient(exc),
+            extra={"action": "claim_retry", "scheduler": self.name, "failures": self._claim_failures, "error": str(exc)},
+        )
 
     async def _wait(self, event: asyncio.Event, timeout: float) -> None:
         if self._stopping:

@@ -12,12 +12,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
-from segflowd.clock import Clock
 from daemon_process import Daemon
 from flowcases.harness import RecordingMessages, RuleSegments, campaign_config
 from segflowd.campaigns.engine import CampaignEngine
+from segflowd.clock import Clock
 
 BUSY_FLOW = """\
 def two_sends(user, rt):

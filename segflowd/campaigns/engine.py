@@ -112,6 +112,9 @@ class CampaignEngine:
         start with what they cannot cover, such as a campaign added to the
         config for segments that already have members. Returns (started,
         exited) counts.
+
+        NOTE: this reads every membership row of each campaign's segments,
+        so it takes longer at each start as segments grow.
         """
         started = exited = 0
         for campaign in self.config.campaigns.values():

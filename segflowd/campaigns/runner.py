@@ -1,6 +1,7 @@
-"""Run one claimed wake of a run: replay its journal, then execute its new steps.
+"""Run claimed wakes of runs: replay each journal, then execute the new steps.
 
-Everything a wake does happens in the one transaction the caller opens:
+Everything a wake does happens in the one transaction the caller opens,
+shared by the other wakes of its batch:
 the journal rows, the queued messages, the user updates and the run's next
 pending step (or its final status) commit together or not at all. That is
 why a step is never executed twice: a crash before the commit leaves the

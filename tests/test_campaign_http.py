@@ -168,3 +168,15 @@ async def test_purchase_wakes_wait_before_timeout_over_http(api, db, clock):
     assert message["template"] == "reminder"
     assert message["context"]["params"] == {"amount": 12}
     assert clock.now() < run["started_at"] + timedelta(days=7)
+
+
+async def test_metrics_expose_steps_and_lag(api, db, clock):
+    client, services = await _start(api, {"news": {"segments": ["all-users"], "flow": "flowcases.kinds:send_once"}})
+    await _post_user(client, "u1")
+    clock.advance(seconds=3)
+    await services.campaigns.run_due_steps()
+    text = await (await client.get("/metrics")).text()
+    assert 'segflowd_campaign_steps_total{kind="send_email",outcome="ok"}' in text
+    assert "segflowd_scheduler_lag_seconds_bucket" in text
+    assert 'segflowd_campaign_runs_ended_total{campaign="news",status="completed"}' in text
+    assert 'segflowd_campaign_runs_started_total{campaign="news"}' in text

@@ -5,6 +5,9 @@ dropped at the end):
 
 - compose: render a template and build the MIME bytes, in a loop, with no
   database or network, to show how much of a send is CPU.
+- wire: aiosmtplib sending one pre-built message N times over the same
+  number of connections to smtp-sink, with no database and no rendering:
+  the ceiling that the throughput figure can be compared with.
 - throughput: queue N campaign messages, then time MessageService (claim,
   render, build, SMTP, record) draining them to a local sink: Postfix's
   `smtp-sink` when it is installed, and aiosmtpd in this process.
@@ -218,6 +221,27 @@ async def start_aiosmtpd(handler: CountingHandler) -> tuple[asyncio.AbstractServ
     return server, server.sockets[0].getsockname()[1]
 
 
+async def send_prebuilt(port: int, count: int, connections: int) -> float:
+    """Send one pre-built message `count` times over `connections` aiosmtplib connections; return messages/s."""
+    import aiosmtplib
+
+    message = ComposedMessage(parse_sender("CD Corner <hello@cdcorner.example.test>"),
+                              parse_address("ana@example.test", display_name="Ana"), "Welcome",
+                              "<p>Hi Ana</p>" * 40, "Hi Ana\n" * 40, datetime(2026, 1, 1), "<x@cdcorner.example.test>",
+                              "http://127.0.0.1:8080/unsubscribe/dTE.abc").as_bytes()
+
+    async def one_connection(share: int) -> None:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await client.connect()
+        for _ in range(share):
+            await client.sendmail("hello@cdcorner.example.test", ["ana@example.test"], message)
+        await client.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_connection(count // connections) for _ in range(connections)))
+    return (count // connections * connections) / (time.perf_counter() - started)
+
+
 async def measure_throughput(args: argparse.Namespace, folder: Path) -> dict[str, float]:
     results = {}
     if os.path.exists(SMTP_SINK):
@@ -227,6 +251,8 @@ async def measure_throughput(args: argparse.Namespace, folder: Path) -> dict[str
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             await asyncio.sleep(0.3)
+            results["smtp-sink, pre-built bytes, no database (wire)"] = await send_prebuilt(
+                port, args.messages, args.pool_size)
             config_path = write_project(folder / "sink", args.server, port, workers=args.workers, pool_size=args.pool_size)
             results["smtp-sink"] = await drain(config_path, args.server, args.messages)
         finally:

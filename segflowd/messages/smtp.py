@@ -171,12 +171,15 @@ class SmtpProvider(Provider):
                     if client.supports_extension("8bitmime"):
                         options.append("BODY=8BITMIME")
                 data = message.as_bytes(smtputf8=use_utf8)
+                if client.supports_extension("size"):
+                    options.insert(0, f"SIZE={len(data)}")
                 connection.sent += 1
-                _errors, reply = await client.sendmail(
+                reply = await _transaction(
+                    client,
                     message.sender.wire_address(use_utf8),
-                    [message.recipient.wire_address(use_utf8)],
+                    message.recipient.wire_address(use_utf8),
                     data,
-                    mail_options=options,
+                    options,
                 )
         except SendFailure:
             raise
@@ -195,6 +198,27 @@ class SmtpProvider(Provider):
         idle, self._idle = self._idle, []
         for connection in idle:
             await _close(connection)
+
+
+async def _transaction(client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes, options: list[str]) -> str:
+    """Send MAIL, RCPT and DATA for one recipient; return the server's reply to DATA.
+
+    aiosmtplib's `sendmail` parses each address with `email.utils.parseaddr`
+    twice, which was 15% of a send's CPU in bench/messages.py. Both
+    addresses were checked by `parse_address` already (dot-atom form, no
+    spaces, brackets or control characters), so they are sent as they are.
+    """
+    encoded_options = [option.encode("ascii") for option in options]
+    response = await client.execute_command(b"MAIL", b"FROM:<" + sender.encode("utf-8") + b">", *encoded_options)
+    if response.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
+    response = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode("utf-8") + b">")
+    if response.code not in (250, 251):
+        raise aiosmtplib.SMTPRecipientsRefused(
+            [aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)]
+        )
+    response = await client.data(data)
+    return response.message
 
 
 async def _close(connection: _Connection) -> None:

@@ -384,9 +384,9 @@ async def test_late_outcome_of_lost_lease_is_ignored(db, clock, make_config):
     service = MessageService(config, db, clock)
     await service.deliver_due()
 
-    from segflowd.messages.store import mark_message_retry
+    from segflowd.messages.store import OutcomeWriter, mark_message_retry
 
-    assert not await mark_message_retry(db, stale, "late", None, clock.now())
+    assert not await mark_message_retry(OutcomeWriter(db), stale, "late", None, clock.now())
     row = await message_row(db, queued.key)
     assert row["status"] == "sent"
     assert row["last_error"] is None
@@ -516,3 +516,51 @@ async def test_metrics_count_outcomes(db, clock, make_config, smtp_sink):
     assert sample("segflowd_messages_total", kind="campaign", status="suppressed") - before["suppressed"] == 1
     assert sample("segflowd_send_attempts_total", provider="smtp", outcome="temporary") - before["temporary"] == 1
     assert sample("segflowd_delivery_latency_seconds_count", kind="campaign") - before["latency"] == 1
+
+
+class CountingDatabase:
+    """A Database that counts the transactions it opens."""
+
+    def __init__(self, db):
+        self.db = db
+        self.transactions = 0
+
+    def transaction(self):
+        self.transactions += 1
+        return self.db.transaction()
+
+
+async def test_outcome_writer_shares_transactions(db, clock):
+    from segflowd.messages.store import OutcomeWriter
+
+    await add_user(db, "u1", clock, email="ana@example.test", name="Ana")
+    for run in range(10):
+        await queue_campaign(db, clock, "u1", run_id=run)
+    counting = CountingDatabase(db)
+    writer = OutcomeWriter(counting)
+
+    sql = "UPDATE messages SET last_error = %s WHERE message_key = %s"
+    results = await asyncio.gather(*(writer.update(sql, (f"e{run}", campaign_message_key(run, 0))) for run in range(10)))
+    missing = await writer.update(sql, ("x", "no-such-key"))
+
+    assert results == [True] * 10
+    assert missing is False
+    assert counting.transactions == 2
+    rows = await db.fetch_all("SELECT last_error FROM messages ORDER BY run_id")
+    assert [row["last_error"] for row in rows] == [f"e{run}" for run in range(10)]
+
+
+async def test_outcome_writer_error_reaches_every_waiter(db, clock):
+    from segflowd.messages.store import OutcomeWriter
+
+    await add_user(db, "u1", clock, email="ana@example.test", name="Ana")
+    await queue_campaign(db, clock, "u1", run_id=1)
+    writer = OutcomeWriter(db)
+
+    good = writer.update("UPDATE messages SET last_error = 'x' WHERE run_id = %s", (1,))
+    bad = writer.update("UPDATE no_such_table SET x = 1 WHERE id = %s", (1,))
+    outcomes = await asyncio.gather(good, bad, return_exceptions=True)
+
+    assert all(isinstance(outcome, Exception) for outcome in outcomes)
+    row = await message_row(db, campaign_message_key(1, 0))
+    assert row["last_error"] is None  # rolled back with the batch

@@ -114,6 +114,7 @@ class Delivery:
         self.db = db
         self.clock = clock
         self.provider = provider
+        self.writer = store.OutcomeWriter(db)
         self.templates = Templates(config)
         self.sender = parse_sender(config.email.from_address)
         self.bucket = bucket or TokenBucket(config.email.max_per_second)
@@ -139,7 +140,7 @@ class Delivery:
 
         reason = self._suppression_reason(message)
         if reason is not None:
-            if await store.mark_message_suppressed(self.db, message, reason):
+            if await store.mark_message_suppressed(self.writer, message, reason):
                 MESSAGES.labels(message.kind, "suppressed").inc()
                 log.info("message suppressed", extra={"action": "suppress_message", "reason": reason, **fields})
             else:
@@ -175,7 +176,7 @@ class Delivery:
             SEND_SECONDS.labels(self.provider.name).observe(time.perf_counter() - started)
             SEND_ATTEMPTS.labels(self.provider.name, "sent").inc()
             now = self.clock.now()
-            if await store.mark_message_sent(self.db, message, provider_id, composed.message_id, now):
+            if await store.mark_message_sent(self.writer, message, provider_id, composed.message_id, now):
                 MESSAGES.labels(message.kind, "sent").inc()
                 DELIVERY_LATENCY.labels(message.kind).observe(max(0.0, (now - message.created_at).total_seconds()))
                 log.info(
@@ -216,7 +217,7 @@ class Delivery:
         delay = self.backoff(attempts)
         next_attempt_at = self.clock.now() + delay
         error = _clip(f"temporary failure: {failure}")
-        if await store.mark_message_retry(self.db, message, error, message_id, next_attempt_at):
+        if await store.mark_message_retry(self.writer, message, error, message_id, next_attempt_at):
             log.warning(
                 "send failed, will retry",
                 extra={"action": "retry_message", "provider": self.provider.name, "attempt": attempts,
@@ -228,7 +229,7 @@ class Delivery:
         return Outcome("retry", error)
 
     async def _record_failure(self, message: ClaimedMessage, error: str, message_id: str | None, *, attempted: bool) -> None:
-        if await store.mark_message_failed(self.db, message, error, message_id, attempted=attempted):
+        if await store.mark_message_failed(self.writer, message, error, message_id, attempted=attempted):
             MESSAGES.labels(message.kind, "failed").inc()
             log.error(
                 "message failed",

@@ -216,7 +216,7 @@ class MessageService:
                 return
             try:
                 if self._stopping:
-                    await store.release_message(self.db, message, self.clock.now())
+                    await store.release_message(delivery.writer, message, self.clock.now())
                 else:
                     await delivery.deliver(message)
             except Exception:  # noqa: BLE001 - the message stays leased and is tried again after its lease

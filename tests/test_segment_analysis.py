@@ -1,4 +1,4 @@
-"""What the parse tree tells: event triggers, pushdown and its fallbacks, reads of other users."""
+"""What the parse tree shows: event triggers, pushdown and its fallbacks, reads of other users."""
 
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def test_left_join_pushes_into_the_joined_table():
 )
 def test_reads_of_other_users_are_found(sql, table):
     segment = compiled(sql)
-    assert [located.what.split(" ")[0] for located in segment.other_users] == [table]
+    assert [located.label.split(" ")[0] for located in segment.other_users] == [table]
     assert segment.refreshed
 
 

@@ -2,7 +2,7 @@
 
 Each query is evaluated in full (in batches) and per user against the same
 fixture data, and both must give the members written out here. Where the
-answer depends on MySQL's JSON comparison rules (which MariaDB does not
+result depends on MySQL's JSON comparison rules (which MariaDB does not
 follow on its own), a comment gives the rule. Other test modules import
 CORPUS and the fixture loader from here.
 """
@@ -107,7 +107,7 @@ EVENTS: list[tuple[str, str, dict[str, Any], datetime]] = [
 # (name, SQL as a user writes it, expected members as of NOW)
 CORPUS: list[tuple[str, str, set[str]]] = [
     ("pro-plan", "SELECT id FROM users WHERE attributes->>'$.plan' = 'pro'", {"ana", "gus"}),
-    # MariaDB alone matches nobody here: it compares the JSON text "pro", quotes included.
+    # MariaDB alone matches no user here, because it compares the JSON text "pro", quotes included.
     ("paid-plans", "SELECT u.id FROM users u WHERE JSON_EXTRACT(u.attributes, '$.plan') IN ('pro', 'max')", {"ana", "cara", "gus"}),
     (
         "big-spenders",

@@ -173,7 +173,7 @@ async def test_full_refresh_runs_in_batches(db, clock):
     assert (await engine.refresh_segment("pro")).entered == 0
 
 
-async def test_batch_with_concurrent_change_is_redone_row_by_row(db):
+async def test_batch_conflict_goes_row_by_row(db):
     await db.fetch_all("INSERT INTO segment_members VALUES ('pro', 'b', %s)", (T0,))
     async with db.transaction() as cur:
         with pytest.raises(ConcurrentChange):
@@ -226,7 +226,7 @@ async def test_refresh_if_due_follows_the_interval(db, clock):
     assert (await engine.refresh_if_due("recent")).left == 1
 
 
-async def test_refresh_is_skipped_while_another_process_holds_the_lock(db, clock):
+async def test_refresh_skips_locked_segment(db, clock):
     engine = SegmentEngine(config_of({"recent": SEGMENTS["recent"]}), db, clock)
     async with segment_lock(db, "recent", 0) as acquired:
         assert acquired

@@ -1,4 +1,4 @@
-"""The regenerated SQL: MariaDB-compatible forms with MySQL's answers, and time binding."""
+"""The regenerated SQL: MariaDB-compatible forms with MySQL's results, and time binding."""
 
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def mysql_compare(text: str, op: str, literal):
 COMPARISONS = [(op, literal) for op in ("=", "<>", "<", ">=", "<=>") for literal in ("pro", 5, True)]
 
 
-async def test_json_comparisons_give_mysql_answers(db):
+async def test_json_comparisons_match_mysql(db):
     rows = []
     for index, text in enumerate(JSON_VALUES):
         document = "{}" if text == "missing" else '{"v": ' + text + "}"
@@ -173,11 +173,10 @@ async def test_json_comparisons_give_mysql_answers(db):
         false_ids = await members(db, f"SELECT id FROM users WHERE NOT ({condition})")
         for index, text in enumerate(JSON_VALUES):
             expected = mysql_compare(text, op, literal)
-            got = True if f"v{index}" in true_ids else False if f"v{index}" in false_ids else None
-            assert got == expected, (text, op, literal)
+            assert outcome(f"v{index}", true_ids, false_ids) == expected, (text, op, literal)
 
 
-async def test_json_in_list_gives_mysql_answers(db):
+async def test_json_in_list_matches_mysql(db):
     rows = [(f"v{i}", "{}" if t == "missing" else '{"v": ' + t + "}", AT, AT) for i, t in enumerate(JSON_VALUES)]
     async with db.transaction() as cur:
         await cur.executemany("INSERT INTO users (id, attributes, created_at, updated_at) VALUES (%s, %s, %s, %s)", rows)
@@ -187,8 +186,16 @@ async def test_json_in_list_gives_mysql_answers(db):
     for index, text in enumerate(JSON_VALUES):
         answers = [mysql_compare(text, "=", literal) for literal in ("pro", 7, False)]
         expected = None if None in answers else any(answers)
-        got = True if f"v{index}" in true_ids else False if f"v{index}" in false_ids else None
-        assert got == expected, text
+        assert outcome(f"v{index}", true_ids, false_ids) == expected, text
+
+
+def outcome(user_id: str, true_ids: set[str], false_ids: set[str]) -> bool | None:
+    """The condition's value for a user: True, False, or None for SQL NULL (in neither set)."""
+    if user_id in true_ids:
+        return True
+    if user_id in false_ids:
+        return False
+    return None
 
 
 async def members(db, sql: str) -> set[str]:

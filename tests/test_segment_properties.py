@@ -1,9 +1,10 @@
 """Per-user evaluation agrees with full evaluation for every corpus query.
 
-Hypothesis draws random users and events; for each draw, every corpus
-segment is computed three ways on the real server and must agree: its SQL
-alone over all users, per user with the user filter pushed in, and a full
-evaluation in batches of two users with the range filter pushed in.
+Hypothesis draws random users and events. For each draw, every corpus
+segment is computed three ways on the real server, and all three must
+agree: its SQL alone over all users, per user with the user filter pushed
+in, and a full evaluation in batches of two users with the range filter
+pushed in.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ async def check_segments(config: Config, db: Any | None) -> tuple[list[str], lis
 
 
 def segment_notes(segment: CompiledSegment) -> list[str]:
-    """What `segflowd check` says about a valid segment's evaluation."""
+    """Return the notes `segflowd check` prints about a valid segment's evaluation."""
     notes = []
     where = f"segments.{segment.name}"
     every = format_interval(segment.refresh)
@@ -86,7 +86,7 @@ async def server_errors(db: Any, segments: list[CompiledSegment]) -> list[str]:
 
 
 def server_error(segment: CompiledSegment, exc: BaseException) -> SegmentSQLError:
-    """A server error as a SegmentSQLError, placed at the name it quotes when the SQL has it."""
+    """Convert a server error to a SegmentSQLError, placed at the name it quotes when the SQL has it."""
     code = error_code(exc)
     message = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
     sql = segment.source_sql
@@ -104,7 +104,7 @@ def server_error(segment: CompiledSegment, exc: BaseException) -> SegmentSQLErro
 
 @contextlib.asynccontextmanager
 async def read_only_cursor(db: Any) -> AsyncIterator[Any]:
-    """A dict cursor in a read-only transaction that is rolled back at the end."""
+    """Open a dict cursor in a read-only transaction, rolled back at the end."""
     async with db.connection() as conn:
         async with conn.cursor(DictCursor) as cur:
             await cur.execute(QUERIES.start_read_only)
@@ -115,7 +115,7 @@ async def read_only_cursor(db: Any) -> AsyncIterator[Any]:
 
 
 def format_interval(interval: timedelta) -> str:
-    """A refresh interval as the config writes it: 90s, 5m, 2h, 1d."""
+    """Format a refresh interval as the config writes it: 90s, 5m, 2h, 1d."""
     seconds = interval.total_seconds()
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size and seconds % size == 0:

@@ -19,9 +19,9 @@ from segflowd.segments.params import compose
 async def print_segment(config: Config, db: Any, name: str, *, at: datetime | None, limit: int) -> int:
     """Print how many users match a segment and up to `limit` of their ids; return the exit code.
 
-    Evaluates the segment's SQL as of `at` (naive UTC) or now, in a
-    read-only transaction; the stored membership is shown beside it when
-    evaluating as of now.
+    The segment's SQL is evaluated as of `at` (naive UTC) or now, in a
+    read-only transaction. As of now, the stored membership is shown too
+    when it differs.
     """
     if name not in config.segments:
         defined = ", ".join(sorted(config.segments)) or "none"

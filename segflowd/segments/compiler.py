@@ -26,12 +26,12 @@ COMPILER_VERSION = "segflowd-segments-1"
 class Located:
     """Something found in the segment's SQL and where (1-based)."""
 
-    what: str
+    label: str
     line: int
     column: int
 
     def __str__(self) -> str:
-        return f"{self.what} at line {self.line}, column {self.column}"
+        return f"{self.label} at line {self.line}, column {self.column}"
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,19 @@ class CompiledSegment:
 
 def compile_segment(config: SegmentConfig) -> CompiledSegment:
     """Compile one configured segment; raise SegmentSQLError if its SQL is not accepted."""
+    try:
+        return _compile(config)
+    except SegmentSQLError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a construct sqlglot or this compiler cannot handle
+        reason = (
+            f"segflowd could not compile this SQL ({type(exc).__name__}: {exc}); "
+            "rewrite the construct it names, or report the SQL as a bug"
+        )
+        raise SegmentSQLError(config.name, reason, 1, 1, config.file) from exc
+
+
+def _compile(config: SegmentConfig) -> CompiledSegment:
     validated = validate_sql(config.name, config.sql, config.file)
     source, tree = validated.source, validated.tree
     make_portable(tree, source)

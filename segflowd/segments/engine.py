@@ -90,7 +90,7 @@ class SegmentEngine:
         The caller holds the user's row lock (`lock_user`, or the upsert of
         the user), so that two requests for one user evaluate one after the
         other and neither misses the other's data. One round trip reads the
-        stored memberships and every evaluated segment's answer.
+        stored memberships and every evaluated segment's result.
         """
         names = self.triggered_segments(event_name)
         if not names:

@@ -1,8 +1,8 @@
 """Regenerate segment SQL in a form that MySQL 8 and MariaDB 10.6+ both run alike.
 
-Users write MySQL. Where MariaDB lacks the syntax or silently answers
-differently, the tree is rewritten to a form that gives MySQL's answer on
-both servers:
+Users write MySQL. Where MariaDB lacks the syntax or silently returns a
+different result, the tree is rewritten to a form that gives MySQL's
+result on both servers:
 
 - `a->'$.p'` and `a->>'$.p'` (syntax error on MariaDB) become
   `JSON_EXTRACT(a, '$.p')` and `JSON_UNQUOTE(JSON_EXTRACT(a, '$.p'))`.

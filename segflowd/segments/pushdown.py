@@ -11,8 +11,8 @@ and CTEs, where that is provably the same as filtering the result:
   events.user_id;
 - no SELECT on the way has LIMIT/OFFSET, aggregates without grouping by
   the id, a GROUP BY that leaves out the id, or a window function whose
-  PARTITION BY leaves out the id (each of those mixes rows of several
-  users into one result row);
+  PARTITION BY leaves out the id. Each of those mixes rows of several
+  users into one result row;
 - a CTE on the way is not recursive and is referenced once.
 
 Each SELECT of a UNION gets the filter on its own. After the filter is in

@@ -49,8 +49,8 @@ TABLE_COLUMNS: dict[str, dict[str, str]] = {
     },
 }
 
-# The column of each table that holds a user id: the columns the per-user
-# filter is pushed onto.
+# The column of each table that contains a user id: the columns the
+# per-user filter is pushed onto.
 USER_KEY = {"users": "id", "events": "user_id"}
 
 _TABLE_LIST = "users (id, attributes, created_at, updated_at) and events (id, user_id, name, attributes, created_at, received_at)"

@@ -46,7 +46,7 @@ DELETE FROM segment_members WHERE segment = %s AND user_id IN %s
 INSERT INTO segment_changes (segment, user_id, change_kind, changed_at) VALUES (%s, %s, %s, %s)
 
 -- batch_upper_bound --
--- The first user id after a batch that starts at the given id and holds
+-- The first user id after a batch that starts at the given id and contains
 -- the given number of users; no row means the batch runs to the end.
 SELECT id FROM users WHERE id >= %s ORDER BY id LIMIT 1 OFFSET %s
 

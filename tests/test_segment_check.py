@@ -153,3 +153,47 @@ async def test_segment_command_line(write_config, db, capsys):
     code = await asyncio.to_thread(main, ["segment", "pro", "--config", str(path), "--at", "2024-06-15T12:00:00Z"])
     assert code == 0
     assert capsys.readouterr().out.splitlines()[:2] == ["segment pro: 1 user as of 2024-06-15 12:00:00 UTC", "  ana"]
+
+
+# Conditions on `users u` that users copy from MySQL docs; each must compile and run.
+ACCEPTED_CONDITIONS = [
+    "JSON_CONTAINS_PATH(u.attributes, 'one', '$.x')",
+    "IFNULL(u.attributes->>'$.a', 'x') = 'x' AND NULLIF(u.id, '') IS NOT NULL",
+    "FIELD(u.attributes->>'$.plan', 'pro', 'max') > 0 AND FIND_IN_SET('a', u.attributes->>'$.csv') > 0",
+    "EXTRACT(YEAR_MONTH FROM u.created_at) = 202401 AND TIMESTAMPADD(MINUTE, 5, u.created_at) < NOW()",
+    "STR_TO_DATE(u.attributes->>'$.d', '%d/%m/%Y') < CURDATE()",
+    "FROM_UNIXTIME(CAST(u.attributes->>'$.ts' AS UNSIGNED), '%Y') = '2024'",
+    "JSON_LENGTH(JSON_KEYS(u.attributes)) > 1 AND JSON_SEARCH(u.attributes, 'one', 'x') IS NOT NULL",
+    "TRIM(LEADING 'x' FROM u.id) <> '' AND POSITION('a' IN u.id) > 0 AND SUBSTRING(u.id FROM 2 FOR 3) <> ''",
+    "MD5(u.id) <> SHA2(u.id, 256) AND CRC32(u.id) > 0 AND HEX(u.id) <> CONV('a', 16, 10)",
+    "CONVERT_TZ(u.created_at, '+00:00', '+02:00') > u.created_at",
+    "u.id LIKE 'a\\\\_%' ESCAPE '\\\\' AND u.attributes->>'$.x' NOT REGEXP '^[0-9]+$'",
+    "u.id SOUNDS LIKE 'robert' AND (u.created_at, u.updated_at) > ('2020-01-01', '2020-01-01')",
+    "u.created_at BETWEEN DATE '2024-01-01' AND CURRENT_DATE AND u.created_at > TIMESTAMP '2024-01-01 00:00:00'",
+    "JSON_VALUE(u.attributes, '$.a') = 'x' AND u.id = BINARY 'x'",
+    "(SELECT COUNT(*) FROM events e WHERE e.user_id = u.id) > ALL (SELECT 1) AND u.id = ANY (SELECT e.user_id FROM events e)",
+]
+ACCEPTED_QUERIES = [
+    """SELECT user_id AS id FROM (
+         SELECT e.user_id,
+                SUM(CAST(e.attributes->>'$.amount' AS DECIMAL(10, 2)))
+                  OVER (PARTITION BY e.user_id ORDER BY e.created_at ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS s,
+                LAG(e.name) OVER (PARTITION BY e.user_id ORDER BY e.created_at) AS previous,
+                FIRST_VALUE(e.name) OVER w AS first_name
+         FROM events e WINDOW w AS (PARTITION BY e.user_id ORDER BY e.created_at)) t WHERE s > 100""",
+    "SELECT u.id FROM users u, JSON_TABLE(u.attributes, '$.tags[*]' COLUMNS (tag VARCHAR(50) PATH '$')) AS t WHERE t.tag = 'beta'",
+    "WITH RECURSIVE n AS (SELECT 1 AS i UNION ALL SELECT i + 1 FROM n WHERE i < 3) SELECT u.id FROM users u JOIN n ON n.i = 1",
+    "SELECT id FROM users EXCEPT SELECT user_id FROM events WHERE name = 'purchase'",
+    "SELECT e.user_id AS id FROM events e GROUP BY e.user_id HAVING GROUP_CONCAT(DISTINCT e.name SEPARATOR ',') LIKE '%buy%'",
+    "SELECT /*+ MAX_EXECUTION_TIME(1000) */ id FROM users",
+    "SELECT 'someone' AS id FROM DUAL",
+    "WITH c(uid) AS (SELECT id FROM users) SELECT c.uid AS id FROM c",
+    "(SELECT id FROM users ORDER BY created_at LIMIT 1) UNION (SELECT user_id FROM events LIMIT 1)",
+]
+
+
+async def test_accepted_constructs_run_on_the_server(write_config, db):
+    segments = {f"condition-{i}": {"sql": f"SELECT u.id FROM users u WHERE {c}"} for i, c in enumerate(ACCEPTED_CONDITIONS)}
+    segments.update({f"query-{i}": {"sql": sql} for i, sql in enumerate(ACCEPTED_QUERIES)})
+    errors, _ = await check_segments(config_with(write_config, segments), db)
+    assert errors == []

@@ -56,6 +56,7 @@ REJECTED: list[tuple[str, str, int, int]] = [
     ("SELECT id FROM users u WHERE u.id = x.id", "column x.id could not be resolved", 1, 37),
     ("SELECT id FROM users WHERE (attributes", "invalid SQL near 'attributes'", 1, 29),
     ("SELECT id FROM users WHERE id = ?", "query parameters (? or :name) are not allowed", 1, 28),
+    ("SELECT id FROM users WHERE INTERVAL(5, 1, 10) = 1", "INTERVAL(n, n1, n2, ...) is not supported", 1, 28),
     ("SELECT id FROM users WHERE NOW(7) > created_at", "the precision of NOW(7) must be a number from 0 to 6", 1, 28),
     ("SELECT id FROM users\nWHERE CAST(attributes AS JSON) IS NOT NULL", "CAST(... AS JSON) does not exist on MariaDB", 2, 12),
     ("SELECT id FROM users WHERE REGEXP_LIKE(id, 'a', 'x')", "REGEXP_LIKE match type 'x' has no portable form", 1, 49),

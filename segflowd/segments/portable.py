@@ -128,7 +128,7 @@ def _rewrite_node(node: exp.Expression) -> None:
         _rewrite_regexp_flags(node)
     elif isinstance(node, exp.AnyValue):
         node.replace(exp.Min(this=node.this))
-    elif isinstance(node, exp.JSONValue) and node.args.get("returning") is not None:
+    elif isinstance(node, exp.JSONValue) and isinstance(node.args.get("returning"), exp.DataType):
         returning = node.args["returning"]
         bare = node.copy()
         bare.set("returning", None)
@@ -153,13 +153,13 @@ def _unparen(node: exp.Expression) -> exp.Expression:
     return node
 
 
+def _is_json_cast(node: exp.Expression) -> bool:
+    target = node.args.get("to") if isinstance(node, exp.Cast) else None
+    return isinstance(target, exp.DataType) and target.is_type(exp.DataType.Type.JSON)
+
+
 def _is_json_cast_of_literal(node: exp.Expression) -> bool:
-    return (
-        isinstance(node, exp.Cast)
-        and node.to.is_type(exp.DataType.Type.JSON)
-        and isinstance(node.this, exp.Literal)
-        and node.this.is_string
-    )
+    return _is_json_cast(node) and isinstance(node.this, exp.Literal) and node.this.is_string
 
 
 def _sql_operand(node: exp.Expression) -> tuple[str, exp.Expression] | None:
@@ -419,7 +419,7 @@ def _rewrite_regexp_flags(node: exp.RegexpLike) -> None:
 
 def _check_leftover_json_casts(tree: exp.Expression) -> None:
     for cast in tree.find_all(exp.Cast):
-        if cast.to.is_type(exp.DataType.Type.JSON):
+        if _is_json_cast(cast):
             raise PortabilityError(
                 "CAST(... AS JSON) does not exist on MariaDB; compare JSON values with plain literals "
                 "('pro', 5, TRUE), or pass JSON text to JSON functions",

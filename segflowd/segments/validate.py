@@ -350,6 +350,13 @@ def _check_tree(source: SourceText, tree: exp.Query) -> None:
         raise source.node_error(f"the CTE name {name} hides the {name} table; rename the CTE", cte.args["alias"])
 
     for node in tree.walk():
+        if node.find_ancestor(exp.Hint) is not None:
+            continue  # optimizer hints (/*+ ... */) name no functions; they are dropped below
+        if isinstance(node, exp.Interval) and isinstance(node.this, exp.Tuple):
+            raise source.error(
+                "INTERVAL(n, n1, n2, ...) is not supported; write CASE WHEN n < n1 THEN 0 WHEN ... END",
+                source.text_offset(r"\bINTERVAL\s*\(") or node_offset(node),
+            )
         if isinstance(node, exp.Into):
             raise source.error(
                 "SELECT ... INTO is not allowed: it writes to variables or files; a segment only returns rows",
@@ -457,6 +464,9 @@ def _normalize(tree: exp.Query) -> None:
         for identifier in table_alias.args.get("columns") or []:
             if isinstance(identifier, exp.Identifier):
                 identifier.set("this", identifier.name.lower())
+    for hint in list(tree.find_all(exp.Hint)):
+        # Optimizer hints change plans, not results, and MariaDB ignores MySQL's.
+        hint.pop()
     for table in list(tree.find_all(exp.Table)):
         if isinstance(table.this, exp.Identifier) and table.name.upper() == "DUAL" and not table.this.quoted:
             # FROM DUAL is the same as no FROM clause.

@@ -46,10 +46,6 @@ import yaml
 from aiosmtpd.smtp import SMTP
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from daemon_process import Daemon  # noqa: E402
-
 from segflowd.clock import Clock  # noqa: E402
 from segflowd.config import load_config, parse_database_url  # noqa: E402
 from segflowd.db import Database, apply_schema  # noqa: E402
@@ -281,9 +277,14 @@ async def measure_latency(args: argparse.Namespace, folder: Path) -> dict[str, A
     server, smtp_port = await start_aiosmtpd(handler)
     config_path = write_project(folder / "daemon", args.server, smtp_port, workers=args.workers,
                                 pool_size=args.pool_size, port=free_port())
-    daemon = Daemon(config_path)
+    # The daemon logs to a file: reading its output here would take the GIL
+    # from the sink and skew the arrival times.
+    log_path = folder / "daemon.log"
+    with open(log_path, "wb") as log_file:
+        daemon = subprocess.Popen([sys.executable, "-m", "segflowd", "--config", str(config_path)],
+                                  stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        url = await asyncio.to_thread(daemon.wait_ready)
+        url = await wait_listening(daemon, log_path)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as http:
             users = [{"type": "identify", "userId": f"u{i}",
                       "traits": {"email": f"u{i}@example.test", "name": f"User {i}"}} for i in range(args.users)]
@@ -316,7 +317,7 @@ async def measure_latency(args: argparse.Namespace, folder: Path) -> dict[str, A
                 await asyncio.sleep(0.05)
         latencies = [handler.arrivals[order] - sent_at[order] for order in sent_at if order in handler.arrivals]
         after_answer = [handler.arrivals[order] - answered_at[order] for order in answered_at if order in handler.arrivals]
-        cpu_seconds = daemon_cpu_seconds(daemon.process.pid)
+        cpu_seconds = daemon_cpu_seconds(daemon.pid)
         return {
             "events": total,
             "delivered": len(latencies),
@@ -335,7 +336,22 @@ async def measure_latency(args: argparse.Namespace, folder: Path) -> dict[str, A
         }
     finally:
         daemon.terminate()
+        daemon.wait(60)
         server.close()
+
+
+async def wait_listening(daemon: subprocess.Popen[bytes], log_path: Path, timeout: float = 30.0) -> str:
+    """Wait for the daemon's "listening on" line; return its base URL."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(r"listening on (http://[0-9.]+:\d+)", log_path.read_text(errors="replace"))
+        if match:
+            return match.group(1)
+        if daemon.poll() is not None:
+            break
+        await asyncio.sleep(0.1)
+    daemon.kill()
+    raise RuntimeError("segflowd did not start:\n" + log_path.read_text(errors="replace"))
 
 
 def daemon_cpu_seconds(pid: int) -> float:

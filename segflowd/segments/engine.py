@@ -129,18 +129,22 @@ class SegmentEngine:
     async def _evaluate_one_by_one(
         self, cur: Any, user_id: str, names: tuple[str, ...], now: datetime
     ) -> tuple[list[dict], set[str]]:
+        """Run each segment's branch on its own; return the rows and the segments that failed."""
         rows: list[dict] = []
         failed: set[str] = set()
-        for name in names + ("",):
-            branch = self._branches[name] if name else self._members_branch
+        for name in names:
+            branch = self._branches[name]
             try:
                 await cur.execute(branch.sql, branch.args(now, user_id=user_id))
                 rows += list(await cur.fetchall())
             except Exception as exc:
-                if not _is_sql_error(exc) or not name:
+                if not _is_sql_error(exc):
                     raise
                 failed.add(name)
                 self._log_segment_error(name, user_id, exc)
+        members = self._members_branch
+        await cur.execute(members.sql, members.args(now, user_id=user_id))
+        rows += list(await cur.fetchall())
         return rows, failed
 
     def _log_segment_error(self, name: str, user_id: str, exc: BaseException) -> None:
@@ -247,7 +251,11 @@ class SegmentEngine:
     # --- the refresher ------------------------------------------------------------
 
     async def start(self) -> None:
-        """Evaluate new or changed segments in full, then refresh time-dependent ones on their interval."""
+        """Evaluate new or changed segments in full, then start refreshing the refreshed ones.
+
+        Refreshed segments are the time-dependent ones and those that read
+        other users' rows; each is evaluated in full on its `refresh` interval.
+        """
         self._stopping = asyncio.Event()
         await self.sync_definitions()
         refreshed = [name for name in self._names if self.segments[name].refreshed]

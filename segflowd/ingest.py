@@ -170,7 +170,10 @@ class Ingest:
                     return stored
             now = self.services.clock.now()
             body = await self._store_event(cur, user_id, name, attributes, timestamp or now, now)
-            changes = await self.services.segments.evaluate_user(cur, user_id, event_name=name)
+            # A user this event created may enter segments that read only
+            # `users`, so a new user gets every segment evaluated.
+            trigger = None if body["user_created"] else name
+            changes = await self.services.segments.evaluate_user(cur, user_id, event_name=trigger)
             body["segments"] = changes_body(changes)
             if idempotency_key is not None:
                 await cur.execute(
@@ -292,7 +295,7 @@ class Ingest:
                     )
                     body["user_created"] = created
                     body["type"] = "track"
-                    pending.touch(item.user_id, item.name)
+                    pending.touch(item.user_id, None if created else item.name)
                 if key is not None:
                     seen_in_batch[key] = (hashes[id(item)], body)
                     new_keys.append((key, hashes[id(item)], body.get("event_id"), dump_json(body), now))

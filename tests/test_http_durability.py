@@ -89,3 +89,36 @@ async def test_concurrent_batches_lose_nothing(api, db):
     assert all(answer["accepted"] == 100 for answer in answers)
     row = await db.fetch_one("SELECT COUNT(*) AS n FROM events")
     assert row["n"] == 16 * 50
+
+
+SEGMENTS = {
+    "everyone": {"sql": "SELECT id FROM users"},
+    "repeat": {"sql": "SELECT user_id AS id FROM events WHERE name = 'purchase' GROUP BY user_id HAVING COUNT(*) >= 2"},
+}
+
+
+async def test_event_creating_user_enters_user_only_segments(api, db):
+    client, _ = await api({"segments": SEGMENTS})
+    response = await client.post("/api/user/fresh/event/purchase", json={}, headers=AUTH)
+    assert (await response.json())["segments"]["entered"] == ["everyone"]
+    batch = [{"type": "track", "userId": "fresh-2", "event": "purchase"}]
+    body = await (await client.post("/api/batch", json={"batch": batch}, headers=AUTH)).json()
+    assert body["results"][0]["segments"]["entered"] == ["everyone"]
+
+
+async def test_concurrent_events_for_one_user_see_each_other(api, db):
+    """Two purchases at once for one user: the second to commit must count both."""
+    client, _ = await api({"segments": SEGMENTS})
+
+    async def purchase(user_id: str) -> None:
+        response = await client.post(f"/api/user/{user_id}/event/purchase", json={}, headers=AUTH)
+        assert response.status == 201
+
+    users = [f"pair-{i}" for i in range(20)]
+    # Existing users: a new row is locked by its insert, an existing one only
+    # if the request locks it.
+    for user_id in users:
+        await client.post(f"/api/user/{user_id}", json={}, headers=AUTH)
+    await asyncio.gather(*(purchase(u) for u in users for _ in range(2)))
+    rows = await db.fetch_all("SELECT user_id FROM segment_members WHERE segment = 'repeat'")
+    assert {row["user_id"] for row in rows} == set(users)

@@ -318,6 +318,11 @@ async def measure_latency(args: argparse.Namespace, folder: Path) -> dict[str, A
         latencies = [handler.arrivals[order] - sent_at[order] for order in sent_at if order in handler.arrivals]
         after_answer = [handler.arrivals[order] - answered_at[order] for order in answered_at if order in handler.arrivals]
         cpu_seconds = daemon_cpu_seconds(daemon.pid)
+        # When the slow messages were posted: one stall shows as a cluster.
+        slow = sorted(sent_at[order] - origin for order in sent_at
+                      if order in handler.arrivals and handler.arrivals[order] - sent_at[order] > 0.1)
+        if os.environ.get("BENCH_KEEP_LOG"):
+            shutil.copy(log_path, os.environ["BENCH_KEEP_LOG"])
         return {
             "events": total,
             "delivered": len(latencies),
@@ -333,6 +338,8 @@ async def measure_latency(args: argparse.Namespace, folder: Path) -> dict[str, A
             "after_answer_p50_ms": 1000 * percentile(after_answer, 0.50),
             "after_answer_p99_ms": 1000 * percentile(after_answer, 0.99),
             "daemon_cpu_seconds": cpu_seconds,
+            "slow_count": len(slow),
+            "slow_window": (slow[0], slow[-1]) if slow else None,
         }
     finally:
         daemon.terminate()
@@ -395,6 +402,10 @@ async def main(args: argparse.Namespace) -> None:
                 print(f"after the HTTP answer: p50 {result['after_answer_p50_ms']:.1f} ms, "
                       f"p99 {result['after_answer_p99_ms']:.1f} ms; daemon CPU {result['daemon_cpu_seconds']:.1f} s "
                       f"for the whole run")
+                if result["slow_window"]:
+                    first, last = result["slow_window"]
+                    print(f"{result['slow_count']} messages took over 100 ms; they were posted between "
+                          f"{first:.2f} s and {last:.2f} s into the run")
                 if result["first_error"]:
                     print(f"first HTTP error: {result['first_error']}")
         finally:

@@ -12,9 +12,9 @@ dropped at the end):
   render, build, SMTP, record) draining them to a local sink: Postfix's
   `smtp-sink` when it is installed, and aiosmtpd in this process.
 - latency: start `segflowd --config` as a child process with the SMTP
-  provider, POST purchase events at a fixed rate (open loop) and time each
-  one from the start of its POST to the end of DATA at an aiosmtpd sink in
-  this process; prints p50, p90, p99 and max.
+  provider and POST purchase events at a fixed rate (open loop). Each one
+  is timed from the start of its POST to the end of DATA at an aiosmtpd
+  sink in this process, and the run prints p50, p90, p99 and max.
 
     .venv/bin/python bench/messages.py [--messages 5000] [--workers 8] [--rate 200] [--seconds 15]
 
@@ -86,7 +86,7 @@ def free_port() -> int:
 
 
 def write_project(folder: Path, server_url: str, smtp_port: int, *, workers: int, pool_size: int, port: int = 0) -> Path:
-    """A config with the example project's layout, a welcome and a receipt template, sending to `smtp_port`."""
+    """Write a config with the example shop's layout, a welcome and a receipt template, sending to `smtp_port`."""
     templates = folder / "templates"
     templates.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "flows/templates/_layout.html.j2", templates / "_layout.html.j2")
@@ -371,7 +371,7 @@ def daemon_cpu_seconds(pid: int) -> float:
 
 
 async def main(args: argparse.Namespace) -> None:
-    # The server answers DROP DATABASE IF EXISTS with a note that the driver logs as a warning.
+    # The server replies to DROP DATABASE IF EXISTS with a note that the driver logs as a warning.
     logging.getLogger("asyncmy").setLevel(logging.ERROR)
     print(f"machine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
           f"{platform.platform()}")

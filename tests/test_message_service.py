@@ -564,3 +564,19 @@ async def test_outcome_writer_error_reaches_every_waiter(db, clock):
     assert all(isinstance(outcome, Exception) for outcome in outcomes)
     row = await message_row(db, campaign_message_key(1, 0))
     assert row["last_error"] is None  # rolled back with the batch
+
+
+async def test_queue_rejects_values_too_long(db, clock):
+    context = message_context({"id": "u1"})
+    async with db.transaction() as cur:
+        for overrides in ({"key": "k" * 256}, {"template": "t" * 256}, {"campaign": "c" * 256}):
+            arguments = {"key": "k", "kind": "campaign", "user_id": "u1", "template": "t", "context": context,
+                         "now": clock.now(), **overrides}
+            with pytest.raises(ValueError, match="the maximum is 255"):
+                await queue_message(cur, **arguments)
+    assert await db.fetch_all("SELECT id FROM messages") == []
+
+
+def test_message_context_rejects_reserved_keywords():
+    with pytest.raises(ValueError, match="unsubscribe_url"):
+        message_context({"id": "u1"}, params={"unsubscribe_url": "https://evil.test"})

@@ -118,6 +118,11 @@ async def queue_message(
     """
     if kind not in (CAMPAIGN, TRANSACTIONAL):
         raise ValueError(f"message kind must be {CAMPAIGN!r} or {TRANSACTIONAL!r}, got {kind!r}")
+    # INSERT IGNORE would cut a longer value to fit its VARCHAR(255) column
+    # with only a warning, and two keys cut to the same text would collide.
+    for field, value in (("message key", key), ("template name", template), ("campaign name", campaign or "")):
+        if len(value) > 255:
+            raise ValueError(f"{field} {value[:40]!r}... is {len(value)} characters long; the maximum is 255")
     last_error = None
     if kind == CAMPAIGN and status == "queued" and is_unsubscribed(context.get("user")):
         status = "suppressed"

@@ -152,3 +152,11 @@ def test_sample_value_behaves_as_string_number_and_object():
     assert value + 1 is value
     assert (value > 3) is True
     assert list(value) == ["<user.plan[0]>"]
+
+
+def test_transaction_name_too_long_for_keys(make_config):
+    name = "t" * 230
+    config = make_config(transactions={name: {"event": "purchase", "template": "receipt"}})
+    [error] = check_templates(config)
+    assert "too long for message keys" in error
+    assert "at most 222 characters" in error

@@ -21,6 +21,7 @@ from jinja2 import meta, nodes
 
 from segflowd.config import Config
 from segflowd.messages.compose import ComposedMessage, InvalidAddress, parse_address, parse_sender
+from segflowd.messages.queue import transaction_message_key
 from segflowd.messages.templates import TemplateError, Templates
 from segflowd.messages.unsubscribe import unsubscribe_url
 from segflowd.timestamps import format_timestamp
@@ -29,6 +30,8 @@ BUILT_INS = ("user", "event", "campaign", "unsubscribe_url")
 SAMPLE_USER_ID = "sample-user"
 SAMPLE_EMAIL = "sample.user@example.test"
 SAMPLE_NAME = "Sample User"
+# The largest events.id (BIGINT UNSIGNED), for the longest transaction key.
+_MAX_EVENT_ID = 2**64 - 1
 
 
 class SampleValue(str):
@@ -162,6 +165,15 @@ def check_templates(config: Config) -> list[str]:
         parse_sender(config.email.from_address)
     except InvalidAddress as exc:
         return [f"{config.path}: email.from: {exc}"]
+
+    # Message keys and template names are stored in VARCHAR(255) columns.
+    for name in sorted(config.transactions):
+        if len(transaction_message_key(name, _MAX_EVENT_ID)) > 255:
+            errors.append(f"{config.path}: transactions.{name[:40]}...: the name is too long for message keys; "
+                          f"use at most {255 - len(transaction_message_key('', _MAX_EVENT_ID))} characters")
+    for name in sorted(config.templates):
+        if len(name) > 255:
+            errors.append(f"{config.path}: templates.{name[:40]}...: template names have at most 255 characters")
 
     templates = Templates(config)
     used_by: dict[str, list[tuple[str, str]]] = {}

@@ -62,6 +62,7 @@ async def server_sql(server, statement: str) -> None:
 
 async def bare_commit_rate(server, connections: int, seconds: float) -> float:
     """Rows per second from a plain INSERT + COMMIT loop: the machine's ceiling."""
+    await server_sql(server, f"CREATE DATABASE IF NOT EXISTS `{DATABASE}`")
     await server_sql(server, f"CREATE TABLE IF NOT EXISTS `{DATABASE}`.commit_probe (id BIGINT AUTO_INCREMENT PRIMARY KEY, attributes JSON)")
     count = 0
     deadline = time.monotonic() + seconds
@@ -179,6 +180,46 @@ async def batches(url: str, clients: int, batch_size: int, seconds: float) -> di
             "p99": percentile(latencies, 0.99) * 1000, "errors": errors, "count": events}
 
 
+def shop_sections() -> dict:
+    """The example project's segments, templates, campaigns and transactions (paths relative to the repository)."""
+    example = yaml.safe_load((ROOT / "segflow.yaml").read_text(encoding="utf-8"))
+    return {key: example[key] for key in ("segments", "templates", "campaigns", "transactions")}
+
+
+async def measure(server, seconds: float, *, shop: bool) -> tuple[list, float]:
+    """Start a daemon, run every load against it, and return the rows and its peak RSS.
+
+    With `shop`, the daemon runs the example project: six segments evaluated
+    per event, three campaigns and a receipt queued for every purchase.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        config = {
+            "database": {"url": server.raw, "pool_size": 32},
+            "http": {"listen": "127.0.0.1:0", "api_keys": ["bench-key"], "secret": "bench-secret-value"},
+            "email": {"from": "Bench <bench@example.test>", "outbox_dir": f"{folder}/outbox"},
+        }
+        if shop:
+            config.update(shop_sections())
+            # Relative paths and `flows.shop` resolve from the config's folder.
+            (Path(folder) / "flows").symlink_to(ROOT / "flows")
+        config_path = Path(folder) / "segflow.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        daemon = Daemon(config_path, log_path=Path(folder) / "segflowd.log")
+        try:
+            url = daemon.wait_ready()
+            rows = []
+            for clients in (1, 16, 64):
+                result = await closed_loop(url, clients, seconds)
+                rows.append((f"single events, {clients} client{'s' if clients > 1 else ''}", result))
+            rows.append(("single events, steady 500/s", await open_loop(url, 500, seconds)))
+            rows.append(("batches of 500, 4 clients", await batches(url, 4, 500, seconds)))
+            return rows, peak_rss_mib(daemon.process.pid)
+        finally:
+            if daemon.process.poll() is None:
+                daemon.terminate()
+            daemon.kill()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement, in seconds")
@@ -188,40 +229,24 @@ async def main() -> None:
     server = parse_database_url(args.server.rstrip("/") + "/" + DATABASE)
     await server_sql(server, f"DROP DATABASE IF EXISTS `{DATABASE}`")
 
-    with tempfile.TemporaryDirectory() as folder:
-        config = {
-            "database": {"url": server.raw, "pool_size": 32},
-            "http": {"listen": "127.0.0.1:0", "api_keys": ["bench-key"], "secret": "bench-secret-value"},
-            "email": {"from": "Bench <bench@example.test>", "outbox_dir": f"{folder}/outbox"},
-        }
-        config_path = Path(folder) / "segflow.yaml"
-        config_path.write_text(yaml.safe_dump(config))
-        daemon = Daemon(config_path)
-        try:
-            url = daemon.wait_ready()
-            rows = []
-            ceiling_1 = await bare_commit_rate(server, 1, min(args.seconds, 5))
-            ceiling_8 = await bare_commit_rate(server, 8, min(args.seconds, 5))
-            for clients in (1, 16, 64):
-                result = await closed_loop(url, clients, args.seconds)
-                rows.append((f"single events, {clients} client{'s' if clients > 1 else ''}", result))
-            rows.append(("single events, steady 500/s", await open_loop(url, 500, args.seconds)))
-            rows.append(("batches of 500, 4 clients", await batches(url, 4, 500, args.seconds)))
-            rss = peak_rss_mib(daemon.process.pid)
-        finally:
-            if daemon.process.poll() is None:
-                daemon.terminate()
-            daemon.kill()
+    ceiling_1 = await bare_commit_rate(server, 1, min(args.seconds, 5))
+    ceiling_8 = await bare_commit_rate(server, 8, min(args.seconds, 5))
+    await server_sql(server, f"DROP DATABASE IF EXISTS `{DATABASE}`")
+    bare_rows, bare_rss = await measure(server, args.seconds, shop=False)
+    await server_sql(server, f"DROP DATABASE IF EXISTS `{DATABASE}`")
+    shop_rows, shop_rss = await measure(server, args.seconds, shop=True)
     await server_sql(server, f"DROP DATABASE IF EXISTS `{DATABASE}`")
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{args.seconds:g} s per row")
     print(f"bare INSERT+COMMIT ceiling in this run: {ceiling_1:,.0f}/s on 1 connection, {ceiling_8:,.0f}/s on 8\n")
-    print("| load | events/s | p50 ms | p99 ms | non-2xx |")
-    print("|---|---:|---:|---:|---:|")
-    for label, result in rows:
-        print(f"| {label} | {result['rate']:,.0f} | {result['p50']:.1f} | {result['p99']:.1f} | {result['errors']} |")
-    print(f"\ndaemon peak RSS: {rss:.0f} MiB")
+    print("| config | load | events/s | p50 ms | p99 ms | non-2xx |")
+    print("|---|---|---:|---:|---:|---:|")
+    for config_name, rows in (("no segments", bare_rows), ("example shop", shop_rows)):
+        for label, result in rows:
+            print(f"| {config_name} | {label} | {result['rate']:,.0f} | {result['p50']:.1f} | {result['p99']:.1f} "
+                  f"| {result['errors']} |")
+    print(f"\ndaemon peak RSS: {bare_rss:.0f} MiB with no segments, {shop_rss:.0f} MiB with the example shop")
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ class EmailConfig:
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     ses: SesConfig = field(default_factory=SesConfig)
     max_per_second: float = 20.0
-    max_attempts: int = 8
+    max_attempts: int = 20
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 600.0
     workers: int = 4
@@ -421,7 +421,7 @@ def _email(top: _Section, root: Path) -> EmailConfig | None:
     provider = _choice(s, "provider", ("outbox", "smtp", "ses"), "outbox")
     outbox_dir = s.get("outbox_dir", str, "outbox", expected="a folder path")
     max_per_second = _positive(s, "max_per_second", 20.0, float)
-    max_attempts = _positive(s, "max_attempts", 8)
+    max_attempts = _positive(s, "max_attempts", 20)
     retry_base = _positive(s, "retry_base_seconds", 2.0, float)
     retry_max = _positive(s, "retry_max_seconds", 600.0, float)
     workers = _positive(s, "workers", 4)

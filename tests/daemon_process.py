@@ -15,20 +15,27 @@ _LISTENING = re.compile(r"listening on (http://[0-9.]+:\d+)")
 
 
 class Daemon:
-    """A `segflowd --config` child process whose output is collected in memory."""
+    """A `segflowd --config` child process whose output is collected in memory.
 
-    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+    With `log_path`, the output goes to that file instead, so that no thread
+    of the calling process competes for the GIL while a benchmark measures.
+    """
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
         self.lines: list[str] = []
         self.url: str | None = None
+        self.log_path = log_path
         self._ready = threading.Event()
+        self._log_file = open(log_path, "w") if log_path else None  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
             [sys.executable, "-m", "segflowd", "--config", str(config_path)],
-            stdout=subprocess.PIPE,
+            stdout=self._log_file or subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, **(env or {})},
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        if log_path is None:
+            threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -41,11 +48,25 @@ class Daemon:
         self._ready.set()
 
     def wait_ready(self, timeout: float = 30.0) -> str:
+        if self.log_path is not None:
+            self._poll_log(timeout)
         self._ready.wait(timeout)
         if self.url is None:
             self.kill()
             raise RuntimeError("segflowd did not start:\n" + "\n".join(self.lines))
         return self.url
+
+    def _poll_log(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            text = self.log_path.read_text()
+            match = _LISTENING.search(text)
+            if match:
+                self.url = match.group(1)
+                break
+            time.sleep(0.05)
+        self.lines = self.log_path.read_text().splitlines()
+        self._ready.set()
 
     def terminate(self, timeout: float = 60.0) -> int:
         """Send SIGTERM and wait for the exit code."""
@@ -61,4 +82,6 @@ class Daemon:
         deadline = time.monotonic() + 5
         while self.process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        if self.log_path is not None:
+            return self.log_path.read_text()
         return "\n".join(self.lines)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import Any
 
 from aiohttp import web
 
@@ -69,6 +70,16 @@ async def _main(config: Config) -> None:
     await serve(config, clock, stop)
 
 
+def _run(main: Any) -> None:
+    """Run the daemon's event loop: uvloop where it is installed, else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
 def run_daemon(config: Config) -> int:
     setup_logging(config.logging.level, config.logging.format)
     errors = offline_errors(config)
@@ -78,7 +89,7 @@ def run_daemon(config: Config) -> int:
             print(f"  {error}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(_main(config))
+        _run(_main(config))
     except DatabaseUnavailable as exc:
         print(f"segflowd: {exc}", file=sys.stderr)
         return 1

@@ -315,7 +315,7 @@ async def test_send_email_keywords_render(db, clock, make_config):
     assert body(message, "html") == "<p>10% for onboarding</p>"
 
 
-async def test_rendering_uses_stored_user(db, clock, make_config):
+async def test_rendering_uses_user_at_sending(db, clock, make_config):
     config = make_config()
     service = MessageService(config, db, clock)
     await add_user(db, "u1", clock, email="ana@example.test", name="Ana")
@@ -326,7 +326,8 @@ async def test_rendering_uses_stored_user(db, clock, make_config):
 
     data = (config.email.outbox_dir / outbox_file_name(queued.key)).read_bytes()
     message = email.message_from_bytes(data, policy=email.policy.default)
-    assert message["Subject"] == "Welcome, Ana!"
+    assert message["Subject"] == "Welcome, Changed Later!"
+
 
 
 async def test_unknown_template_fails(db, clock, make_config):

@@ -68,13 +68,23 @@ def compose_message(
     message_id_header: str | None = None,
     fallback_user: dict[str, Any] | None = None,
 ) -> ComposedMessage:
-    """Render a stored message and build its MIME parts; raise MessageNotSendable with the reason."""
-    user = stored_context.get("user") or fallback_user or {"id": user_id}
+    """Render a stored message and build its MIME parts; raise MessageNotSendable with the reason.
+
+    `fallback_user` is the user's row as it is now; its attributes are
+    merged over the stored ones.
+    """
+    # The user's attributes as they are at sending win over those stored at
+    # queueing, so that an identify arriving just after its event, or a
+    # changed address, is used.
+    user = {**(stored_context.get("user") or {"id": user_id}), **(fallback_user or {})}
     context_source = {**stored_context, "user": user}
+    addressee = user
     try:
-        recipient = parse_address(user.get("email"), display_name=user.get("name"), field_name=f"user {user_id!r}'s email attribute")
+        recipient = parse_address(
+            addressee.get("email"), display_name=addressee.get("name"), field_name=f"user {user_id!r}'s email attribute"
+        )
     except InvalidAddress as exc:
-        hint = "" if user.get("email") is not None else "; set it with POST /api/user/{id} {\"attributes\": {\"email\": ...}}"
+        hint = "" if addressee.get("email") is not None else "; set it with POST /api/user/{id} {\"attributes\": {\"email\": ...}}"
         raise MessageNotSendable(f"no valid recipient: {exc}{hint}") from exc
     url = unsubscribe_url(config, user_id)
     try:

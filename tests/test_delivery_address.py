@@ -44,16 +44,55 @@ async def test_changed_address_is_used(db, clock, make_config, smtp_sink):
     assert [m.rcpt_tos for m in smtp_sink.handler.received] == [["new@example.test"]]
 
 
-async def test_no_address_anywhere_fails(db, clock, make_config, smtp_sink):
-    config = make_config(email=smtp_email(smtp_sink))
+async def test_missing_address_waits_for_identify(db, clock, make_config, smtp_sink):
+    config = make_config(email=smtp_email(smtp_sink, retry_base_seconds=2))
+    services = Services.build(config, db, clock)
+    await add_user(db, "early", clock)
+    key = await queue_receipt(db, clock, services, "early")
+
+    service = MessageService(config, db, clock)
+    await service.deliver_due()
+    row = await message_row(db, key)
+    assert row["status"] == "queued"
+    assert "no email attribute yet" in row["last_error"]
+    assert smtp_sink.handler.received == []
+
+    await add_user(db, "early", clock, email="early@example.test", name="Early")
+    clock.advance(seconds=3)
+    await service.deliver_due()
+    await service.stop()
+    assert (await message_row(db, key))["status"] == "sent"
+    assert [m.rcpt_tos for m in smtp_sink.handler.received] == [["early@example.test"]]
+
+
+async def test_no_address_fails_after_max_attempts(db, clock, make_config, smtp_sink):
+    config = make_config(email=smtp_email(smtp_sink, max_attempts=2, retry_base_seconds=1))
     services = Services.build(config, db, clock)
     await add_user(db, "nobody", clock)
     key = await queue_receipt(db, clock, services, "nobody")
 
     service = MessageService(config, db, clock)
     await service.deliver_due()
+    clock.advance(seconds=5)
+    await service.deliver_due()
     await service.stop()
     row = await message_row(db, key)
     assert row["status"] == "failed"
-    assert "email attribute" in row["last_error"]
+    assert "gave up after 2 attempts" in row["last_error"]
+    assert "no email attribute yet" in row["last_error"]
     assert smtp_sink.handler.received == []
+
+
+async def test_malformed_address_fails_at_once(db, clock, make_config, smtp_sink):
+    config = make_config(email=smtp_email(smtp_sink))
+    services = Services.build(config, db, clock)
+    await add_user(db, "typo", clock, email="not-an-address", name="Ty")
+    key = await queue_receipt(db, clock, services, "typo")
+
+    service = MessageService(config, db, clock)
+    await service.deliver_due()
+    await service.stop()
+    row = await message_row(db, key)
+    assert row["status"] == "failed"
+    assert row["attempts"] == 0
+    assert "not-an-address" in row["last_error"]

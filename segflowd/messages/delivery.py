@@ -44,6 +44,10 @@ class MessageNotSendable(Exception):
     """The message cannot be built; it fails without reaching the provider."""
 
 
+class MissingAddress(MessageNotSendable):
+    """The user has no email attribute yet; an identify may still bring one, so this is retried."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """The result of delivering one claimed message: sent, retry, failed or suppressed."""
@@ -79,6 +83,11 @@ def compose_message(
     user = {**(stored_context.get("user") or {"id": user_id}), **(fallback_user or {})}
     context_source = {**stored_context, "user": user}
     addressee = user
+    if addressee.get("email") is None:
+        raise MissingAddress(
+            f"user {user_id!r} has no email attribute yet; "
+            "set it with POST /api/user/{id} {\"attributes\": {\"email\": ...}}"
+        )
     try:
         recipient = parse_address(
             addressee.get("email"), display_name=addressee.get("name"), field_name=f"user {user_id!r}'s email attribute"
@@ -165,6 +174,10 @@ class Delivery:
                 created_at=message.created_at, message_id_header=message.message_id_header,
                 fallback_user=message.current_user,
             )
+        except MissingAddress as exc:
+            # Events often arrive just before the identify that carries the
+            # address, so a missing address waits like a temporary failure.
+            return await self._handle_failure(message, TemporaryFailure(str(exc)), None)
         except MessageNotSendable as exc:
             error = _clip(f"not sent: {exc}")
             await self._record_failure(message, error, None, attempted=False)
@@ -208,7 +221,7 @@ class Delivery:
             return "not sent: the user is unsubscribed from campaign mail"
         return None
 
-    async def _handle_failure(self, message: ClaimedMessage, failure: SendFailure, message_id: str) -> Outcome:
+    async def _handle_failure(self, message: ClaimedMessage, failure: SendFailure, message_id: str | None) -> Outcome:
         fields = message.log_fields()
         attempts = message.attempts + 1
         max_attempts = self.config.email.max_attempts

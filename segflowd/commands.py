@@ -57,7 +57,7 @@ async def check_command(config: Config, *, offline: bool = False) -> int:
 
 
 async def check_db_command(config: Config) -> int:
-    """Exit 0 if the database server answers, else print which URL failed and how to fix it."""
+    """Return 0 if the database server is reachable, else print which URL failed and how to fix it."""
     from segflowd.db import ensure_database
 
     try:

@@ -42,7 +42,7 @@ class DatabaseUrl:
     raw: str
 
     def redacted(self) -> str:
-        """The URL without its password, for messages and logs."""
+        """Return the URL without its password, for messages and logs."""
         auth = self.user + (":***" if self.password else "")
         return f"mysql://{auth}@{self.host}:{self.port}/{self.database}"
 

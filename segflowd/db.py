@@ -36,7 +36,7 @@ ER_BAD_DB = 1049
 
 
 class DatabaseUnavailable(Exception):
-    """The server at the configured URL did not answer, or the database is missing."""
+    """The server at the configured URL is unreachable, or the database is missing."""
 
     def __init__(self, url: DatabaseUrl, cause: BaseException) -> None:
         self.url = url
@@ -127,7 +127,7 @@ async def ensure_database(url: DatabaseUrl) -> bool:
 
 
 def schema_statements() -> list[str]:
-    """The statements of `schema.sql`, split on semicolons at line ends."""
+    """Split `schema.sql` into statements at semicolons that end a line."""
     text = resources.files("segflowd").joinpath("schema.sql").read_text(encoding="utf-8")
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
     statements, current = [], []
@@ -147,7 +147,7 @@ async def apply_schema(url: DatabaseUrl) -> None:
         conn = await asyncmy.connect(**_connect_args(url, init=await _init_command(url)))
     except (OSError, asyncmy.errors.OperationalError) as exc:
         raise DatabaseUnavailable(url, exc) from exc
-    # The server answers "table already exists" notes to idempotent CREATEs,
+    # The server returns "table already exists" notes for idempotent CREATEs,
     # which the driver would log as warnings at every start.
     logging.getLogger("asyncmy").setLevel(logging.ERROR)
     try:
@@ -185,7 +185,7 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
-        """A pooled connection in autocommit-off mode; the caller commits."""
+        """Yield a pooled connection in autocommit-off mode; the caller commits."""
         async with self._pool.acquire() as conn:
             self.in_use += 1
             try:
@@ -195,7 +195,7 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[DictCursor]:
-        """A dict cursor inside one transaction: committed on exit, rolled back on error."""
+        """Yield a dict cursor inside one transaction, committed on exit and rolled back on error."""
         async with self.connection() as conn:
             try:
                 async with conn.cursor(DictCursor) as cur:
@@ -225,7 +225,7 @@ class Database:
 
 
 def error_code(exc: BaseException) -> int | None:
-    """The MySQL error number of a driver exception, if it has one."""
+    """Return the MySQL error number of a driver exception, or None."""
     args = getattr(exc, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
 

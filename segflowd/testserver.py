@@ -1,4 +1,4 @@
-"""Check that the test database server answers: `python -m segflowd.testserver URL`.
+"""Check that the test database server is reachable: `python -m segflowd.testserver URL`.
 
 `make test` runs this first so that a stopped server gives one clear
 message instead of a failure in every test.

@@ -32,7 +32,7 @@ async def ensure_user(cur: Any, user_id: str, now: datetime) -> bool:
 
 
 async def get_user(cur: Any, user_id: str) -> dict[str, Any] | None:
-    """The user's attributes plus `id`, or None."""
+    """Return the user's attributes plus `id`, or None if there is no such user."""
     await cur.execute(QUERIES.get_user, (user_id,))
     row = await cur.fetchone()
     if row is None:

@@ -51,6 +51,11 @@ class ShiftedClock(Clock):
         return self._start + (Clock.now(self) - self._wall_start)
 
 
+def clock_for(start: datetime | None) -> Clock:
+    """Return the daemon's clock: the wall clock, or one shifted to start at `start`."""
+    return ShiftedClock(start) if start is not None else Clock()
+
+
 def to_naive_utc(when: datetime) -> datetime:
     """Convert an aware datetime to naive UTC; a naive one is taken as UTC."""
     if when.tzinfo is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 
+from segflowd.clock import clock_for
 from segflowd.config import Config
 from segflowd.db import Database, DatabaseUnavailable
 
@@ -76,7 +77,7 @@ async def segment_command(config: Config, name: str, *, at: datetime | None, lim
     if db is None:
         return 1
     try:
-        return await print_segment(config, db, name, at=at, limit=limit)
+        return await print_segment(config, db, name, at=at, limit=limit, clock=clock_for(config.clock.start))
     finally:
         await db.close()
 
@@ -100,6 +101,6 @@ async def status_command(config: Config) -> int:
     if db is None:
         return 1
     try:
-        return await print_status(config, db)
+        return await print_status(config, db, clock_for(config.clock.start))
     finally:
         await db.close()

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from segflowd.clock import Clock, ShiftedClock
+from segflowd.clock import Clock, clock_for
 from segflowd.config import Config
 from segflowd.db import Database, DatabaseUnavailable, apply_schema, ensure_database
 from segflowd.http.app import build_app
@@ -66,8 +66,7 @@ async def _main(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    clock = ShiftedClock(config.clock.start) if config.clock.start else Clock()
-    await serve(config, clock, stop)
+    await serve(config, clock_for(config.clock.start), stop)
 
 
 def _run(main: Any) -> None:

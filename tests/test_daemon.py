@@ -174,3 +174,24 @@ def test_logs_never_contain_api_key(write_config, database_url, fresh_database):
         assert "test-secret-value" not in output
     finally:
         daemon.kill()
+
+
+async def test_segment_command_uses_shifted_clock(write_config, db):
+    from datetime import datetime
+
+    async with db.transaction() as cur:
+        await cur.execute("INSERT INTO users (id, attributes, created_at, updated_at) VALUES ('old-buyer', '{}', %s, %s)",
+                          (datetime(1998, 1, 1), datetime(1998, 1, 1)))
+        await cur.execute("INSERT INTO events (user_id, name, attributes, created_at, received_at) "
+                          "VALUES ('old-buyer', 'purchase', '{}', %s, %s)", (datetime(1998, 1, 1), datetime(1998, 1, 1)))
+    segments = {"recent": {"sql": "SELECT user_id AS id FROM events WHERE created_at > NOW() - INTERVAL 90 DAY"}}
+    wall = write_config({"segments": segments})
+    wall_result = run_cli("segment", "recent", "--config", str(wall))
+    assert wall_result.returncode == 0, wall_result.stderr
+    assert "segment recent: 0 users" in wall_result.stdout
+
+    shifted = write_config({"segments": segments, "clock": {"start": "1998-02-01T00:00:00Z"}})
+    shifted_result = run_cli("segment", "recent", "--config", str(shifted))
+    assert shifted_result.returncode == 0, shifted_result.stderr
+    assert "segment recent: 1 user" in shifted_result.stdout
+    assert "old-buyer" in shifted_result.stdout

@@ -16,12 +16,15 @@ from segflowd.segments.errors import SegmentSQLError
 from segflowd.segments.params import compose
 
 
-async def print_segment(config: Config, db: Any, name: str, *, at: datetime | None, limit: int) -> int:
+async def print_segment(
+    config: Config, db: Any, name: str, *, at: datetime | None, limit: int, clock: Clock | None = None
+) -> int:
     """Print how many users match a segment and up to `limit` of their ids; return the exit code.
 
     The segment's SQL is evaluated as of `at` (naive UTC) or now, in a
     read-only transaction. As of now, the stored membership is shown too
-    when it differs.
+    when it differs. `clock` gives "now" (the daemon's clock, shifted by
+    `clock.start` if the config sets it).
     """
     if name not in config.segments:
         defined = ", ".join(sorted(config.segments)) or "none"
@@ -36,7 +39,7 @@ async def print_segment(config: Config, db: Any, name: str, *, at: datetime | No
         print(f"segflowd: {exc}", file=sys.stderr)
         return 1
 
-    as_of = at if at is not None else Clock().now()
+    as_of = at if at is not None else (clock or Clock()).now()
     count_statement = compose(QUERIES.count_segment, segment.query)
     list_statement = compose(QUERIES.list_segment, segment.query)
     try:

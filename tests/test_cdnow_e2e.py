@@ -131,6 +131,9 @@ async def test_cdnow_slice_end_to_end(aiohttp_client, db, shop_config, smtp_sink
     assert set(await runs_by_status(db, "vip")) == {"active"}
     assert (await runs_by_status(db, "vip"))["active"] == expected["big-spenders"]
     assert (await runs_by_status(db, "winback"))["active"] == expected["lapsed"]
+    # The win-back waits a day first, so customers who only looked lapsed
+    # while their history was loading got no win-back mail.
+    assert not [m for m in smtp_sink.handler.received if m.message["Subject"].startswith("We miss you")]
 
     # Exactly one receipt per purchase, with the right amount and CD count.
     received = smtp_sink.handler.received
@@ -185,15 +188,26 @@ async def test_cdnow_slice_end_to_end(aiohttp_client, db, shop_config, smtp_sink
     assert buyer in winback["exited"]
     assert buyer not in winback["active"]
 
-    # The others get their last-chance mail after 14 days; the buyer does not.
+    # After the grace day the others get the win-back mail; the buyer does not.
+    before = len(smtp_sink.handler.received)
+    clock.advance(days=2)
+    await settle(services)
+    first = [m for m in smtp_sink.handler.received[before:] if m.message["Subject"].startswith("We miss you")]
+    recipients = {m.rcpt_tos[0] for m in first}
+    assert f"customer{buyer}@example.test" not in recipients
+    assert recipients == {f"customer{c}@example.test" for c in newly_lapsed - {buyer}}
+    assert len(first) == len(recipients)
+
+    # With no purchase in the 14 days after it, the last-chance mail follows.
     before = len(smtp_sink.handler.received)
     clock.advance(days=15)
     await settle(services)
     last_chance = [m for m in smtp_sink.handler.received[before:] if m.message["Subject"].startswith("Last chance")]
-    recipients = {m.rcpt_tos[0] for m in last_chance}
-    assert f"customer{buyer}@example.test" not in recipients
-    assert recipients == {f"customer{c}@example.test" for c in winback["active"]}
-    assert len(last_chance) == len(recipients)
+    # Runs that started earlier, in the same wait, are due too.
+    waiting = {f"customer{c}@example.test" for c in winback["active"]}
+    assert recipients <= waiting
+    assert {m.rcpt_tos[0] for m in last_chance} == waiting
+    assert len(last_chance) == len(waiting)
 
     # Nothing was sent twice.
     keys = await db.fetch_one("SELECT COUNT(*) AS n, COUNT(DISTINCT message_key) AS distinct_keys FROM messages")

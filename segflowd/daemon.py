@@ -49,7 +49,7 @@ async def serve(config: Config, clock: Clock, stop: asyncio.Event) -> None:
         log.info(
             f"listening on http://{host}:{port}",
             extra={"action": "listen", "host": host, "port": port, "database": config.database.url.redacted(),
-                   "email_provider": config.email.provider},
+                   "email_provider": config.email.provider, "clock": clock.now().isoformat(timespec="seconds")},
         )
         await stop.wait()
         log.info("stopping: finishing requests and steps in hand", extra={"action": "stop"})

@@ -349,3 +349,15 @@ async def test_v1_track_without_user_id_is_422(api, db):
     assert response.status == 422
     assert "userId" in (await response.json())["error"]
     assert await count(db, "events") == 0
+
+
+async def test_unknown_route_and_method_are_json(api):
+    client, _ = await api()
+    missing = await client.post("/api/users/u1", json={}, headers=AUTH)
+    assert missing.status == 404
+    assert "no route for POST /api/users/u1" in (await missing.json())["error"]
+    wrong = await client.put("/api/user/u1", json={}, headers=AUTH)
+    assert wrong.status == 405
+    error = (await wrong.json())["error"]
+    assert "PUT is not allowed on /api/user/u1" in error
+    assert "PATCH" in error

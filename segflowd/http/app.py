@@ -91,6 +91,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SERVICES].config.http.max_body_bytes
         return json_error(413, f"request body is over the limit of {limit} bytes (http.max_body_bytes)")
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return json_error(405, f"{request.method} is not allowed on {request.path}; allowed methods: {allowed}")
+    except web.HTTPNotFound:
+        if request.path.startswith("/unsubscribe"):
+            raise
+        return json_error(
+            404, f"no route for {request.method} {request.path}; the routes are listed in docs/api.md, "
+            "such as POST /api/user/{id} and POST /api/user/{id}/event/{name}"
+        )
     except web.HTTPException as exc:
         if exc.status < 400 or request.path.startswith("/unsubscribe"):
             raise

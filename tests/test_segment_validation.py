@@ -130,3 +130,18 @@ def test_engine_lists_every_invalid_segment():
     assert "segments.sleepy: line 1, column 28" in str(info.value)
     assert "segments.writer: line 1, column 1" in str(info.value)
 
+
+
+def test_incomplete_clause_is_named_in_sql_terms():
+    with pytest.raises(SegmentSQLError) as info:
+        compile_segment(segment("SELECT id FROM users WHERE"))
+    message = str(info.value)
+    assert "the WHERE clause is incomplete" in message
+    assert "sqlglot" not in message
+    assert "<class" not in message
+
+
+def test_misspelt_select_suggests_select():
+    with pytest.raises(SegmentSQLError) as info:
+        compile_segment(segment("SELEC id FROM users"))
+    assert "unknown statement 'SELEC' (did you mean SELECT?)" in str(info.value)

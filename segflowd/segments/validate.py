@@ -18,6 +18,8 @@ binding and the pushdown analysis work.
 
 from __future__ import annotations
 
+import difflib
+
 import logging
 import re
 from dataclasses import dataclass
@@ -295,6 +297,10 @@ def _check_tokens(source: SourceText) -> None:
         reason = f"{keyword} is not allowed"
         if why:
             reason += f": it {why}"
+        elif first.token_type == TokenType.VAR:
+            reason = f"unknown statement {first.text!r}"
+            if difflib.get_close_matches(keyword, ["SELECT", "WITH"], n=1, cutoff=0.6):
+                reason += " (did you mean SELECT?)"
         raise source.error(f"{reason}; a segment is one SELECT (CTEs, subqueries and UNION are allowed)", first.start)
 
     for token in tokens:
@@ -315,6 +321,17 @@ def _executable_comment_offset(source: SourceText) -> int | None:
 
 # --- layer 2: the parse tree -------------------------------------------------
 
+_MISSING_PART = re.compile(r"Required keyword: '(\w+)' missing for <class '[\w.]*\.(\w+)'>")
+
+
+def _plain_parse_error(description: str) -> str:
+    """Reword sqlglot's "Required keyword: 'this' missing for <class ...Where>" as SQL terms."""
+    match = _MISSING_PART.search(description)
+    if match is None:
+        return description
+    clause = re.sub(r"(?<!^)(?=[A-Z])", " ", match.group(2)).upper()
+    return f"the {clause} clause is incomplete: it needs an expression after the keyword"
+
 
 def _parse(source: SourceText) -> exp.Query:
     try:
@@ -323,7 +340,7 @@ def _parse(source: SourceText) -> exp.Query:
         detail = exc.errors[0] if exc.errors else {}
         highlight = detail.get("highlight") or ""
         line, col = detail.get("line"), detail.get("col")
-        description = detail.get("description") or _first_line(str(exc))
+        description = _plain_parse_error(detail.get("description") or _first_line(str(exc)))
         if line and col:
             # sqlglot reports the column of the token's last character.
             column = max(1, int(col) - len(highlight) + 1)

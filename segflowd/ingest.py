@@ -65,6 +65,18 @@ class Outcome:
 
 
 @dataclass
+class _Wakeups:
+    """Which background loops have new work once the transaction commits.
+
+    Waking a loop costs it a claim query, so a request that queued no mail
+    and touched no run leaves both asleep.
+    """
+
+    campaigns: bool = False
+    messages: bool = False
+
+
+@dataclass
 class _Pending:
     """Users touched in a transaction and the event names that touched them."""
 
@@ -91,8 +103,12 @@ class Ingest:
 
     # --- transactions ------------------------------------------------------
 
-    async def _in_transaction(self, work: Callable[[Any], Awaitable[T]]) -> T:
-        """Run `work(cur)` in one transaction, retrying deadlocks and lock timeouts."""
+    async def _in_transaction(self, work: Callable[[Any], Awaitable[T]], wakeups: _Wakeups | None = None) -> T:
+        """Run `work(cur)` in one transaction, retrying deadlocks and lock timeouts.
+
+        After the commit, wake the scheduler and delivery as `wakeups` says
+        (both when it is None).
+        """
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 async with self.services.db.transaction() as cur:
@@ -105,8 +121,10 @@ class Ingest:
                     "transaction retried after a lock conflict",
                     extra={"action": "retry_transaction", "attempt": attempt, "error": str(exc)},
                 )
-        self.services.campaigns.wake()
-        self.services.messages.wake()
+        if wakeups is None or wakeups.campaigns:
+            self.services.campaigns.wake()
+        if wakeups is None or wakeups.messages:
+            self.services.messages.wake()
         return result
 
     async def _evaluate(self, cur: Any, user_id: str, event_names: set[str | None]) -> MembershipChanges:
@@ -130,6 +148,8 @@ class Ingest:
     async def identify(self, user_id: str, attributes: dict[str, Any], *, must_exist: bool = False) -> Outcome:
         """Create or merge a user (POST), or merge into an existing one only (PATCH)."""
 
+        wakeups = _Wakeups()
+
         async def work(cur: Any) -> Outcome:
             now = self.services.clock.now()
             if must_exist:
@@ -139,9 +159,10 @@ class Ingest:
             else:
                 created = await upsert_user(cur, user_id, attributes, now)
             changes = await self.services.segments.evaluate_user(cur, user_id)
+            wakeups.campaigns |= bool(changes)
             return Outcome({"id": user_id, "created": created, "segments": changes_body(changes)}, created=created)
 
-        outcome = await self._in_transaction(work)
+        outcome = await self._in_transaction(work, wakeups)
         USERS_UPSERTED.inc()
         log.info(
             "user stored",
@@ -162,6 +183,7 @@ class Ingest:
     ) -> Outcome:
         """Store one event (creating an unknown user), or replay the stored response for its key."""
         fingerprint = request_hash("track", user_id, name, attributes, raw_timestamp)
+        wakeups = _Wakeups()
 
         async def work(cur: Any) -> Outcome:
             if idempotency_key is not None:
@@ -169,11 +191,12 @@ class Ingest:
                 if stored is not None:
                     return stored
             now = self.services.clock.now()
-            body = await self._store_event(cur, user_id, name, attributes, timestamp or now, now)
+            body = await self._store_event(cur, user_id, name, attributes, timestamp or now, now, wakeups=wakeups)
             # A user this event created may enter segments that read only
             # `users`, so a new user gets every segment evaluated.
             trigger = None if body["user_created"] else name
             changes = await self.services.segments.evaluate_user(cur, user_id, event_name=trigger)
+            wakeups.campaigns |= bool(changes)
             body["segments"] = changes_body(changes)
             if idempotency_key is not None:
                 await cur.execute(
@@ -183,12 +206,14 @@ class Ingest:
             return Outcome(body, created=True)
 
         try:
-            outcome = await self._in_transaction(work)
+            outcome = await self._in_transaction(work, wakeups)
         except Exception as exc:
             if idempotency_key is None or error_code(exc) != ER_DUP_ENTRY:
                 raise
             # A concurrent request with the same key committed first.
-            outcome = await self._in_transaction(lambda cur: self._require_stored(cur, idempotency_key, fingerprint))
+            outcome = await self._in_transaction(
+                lambda cur: self._require_stored(cur, idempotency_key, fingerprint), _Wakeups()
+            )
         if outcome.replayed:
             DUPLICATES.inc()
             log.info("event replayed from its idempotency key",
@@ -225,17 +250,20 @@ class Ingest:
         happened_at: datetime,
         now: datetime,
         *,
+        wakeups: _Wakeups,
         user_locked: bool = False,
     ) -> dict[str, Any]:
         """Insert the event, creating its user if unknown, then wake waits and queue transactional mail.
 
         With `user_locked`, the caller has already locked (or created) the user's row.
+        `wakeups` records whether a run was woken or mail was queued.
         """
         user_created = False if user_locked else await ensure_user(cur, user_id, now)
         await cur.execute(QUERIES.insert_event, (user_id, name, dump_json(attributes), happened_at, now))
         event = Event(cur.lastrowid, user_id, name, attributes, happened_at)
-        await self.services.campaigns.on_event(cur, event, now)
+        wakeups.campaigns |= bool(await self.services.campaigns.on_event(cur, event, now))
         message_keys = await self.services.messages.on_event(cur, event, now)
+        wakeups.messages |= bool(message_keys)
         return {
             "event_id": event.id,
             "user_id": user_id,
@@ -258,6 +286,7 @@ class Ingest:
         hashes = {id(item): _item_hash(item) for item in items if not isinstance(item, RejectedItem)}
 
         user_ids = [item.user_id for item in items if not isinstance(item, RejectedItem)]
+        wakeups = _Wakeups()
 
         async def work(cur: Any) -> list[dict[str, Any]]:
             now = self.services.clock.now()
@@ -291,7 +320,8 @@ class Ingest:
                     body: dict[str, Any] = {"type": "identify", "user_id": item.user_id, "created": created}
                 else:
                     body = await self._store_event(
-                        cur, item.user_id, item.name, item.attributes, item.timestamp or now, now, user_locked=True
+                        cur, item.user_id, item.name, item.attributes, item.timestamp or now, now,
+                        wakeups=wakeups, user_locked=True,
                     )
                     body["user_created"] = created
                     body["type"] = "track"
@@ -304,6 +334,7 @@ class Ingest:
             changes_by_user = {}
             for user_id, names in pending.event_names.items():
                 changes_by_user[user_id] = await self._evaluate(cur, user_id, names)
+                wakeups.campaigns |= bool(changes_by_user[user_id])
             for result in results:
                 if result["status"] == "accepted":
                     result["segments"] = changes_body(changes_by_user[result["user_id"]])
@@ -313,7 +344,7 @@ class Ingest:
 
         for attempt in (1, 2):
             try:
-                results = await self._in_transaction(work)
+                results = await self._in_transaction(work, wakeups)
                 break
             except Exception as exc:
                 # A concurrent batch stored one of these keys first: run again,
@@ -372,7 +403,7 @@ class Ingest:
             await cur.execute(QUERIES.delete_user, (user_id,))
             return True
 
-        deleted = await self._in_transaction(work)
+        deleted = await self._in_transaction(work, _Wakeups())
         if deleted:
             log.info("user deleted", extra={"action": "delete_user", "user_id": user_id})
         return deleted

@@ -122,3 +122,21 @@ async def test_concurrent_events_for_one_user_see_each_other(api, db):
     await asyncio.gather(*(purchase(u) for u in users for _ in range(2)))
     rows = await db.fetch_all("SELECT user_id FROM segment_members WHERE segment = 'repeat'")
     assert {row["user_id"] for row in rows} == set(users)
+
+
+async def test_request_without_new_work_leaves_loops_asleep(api):
+    """Waking delivery or the scheduler costs each a claim query, so only new work wakes them."""
+    files = {"receipt.html": "<p>{{ event.attributes.amount }}</p>"}
+    client, services = await api(
+        {"templates": {"receipt": {"subject": "Receipt", "html": "receipt.html"}},
+         "transactions": {"receipt": {"event": "purchase", "template": "receipt"}}},
+        files,
+    )
+    delivery_wake = services.messages._wake
+    scheduler_wake = services.campaigns.scheduler._wake
+    await client.post("/api/user/u1/event/page-view", json={}, headers=AUTH)
+    assert not delivery_wake.is_set()
+    assert not scheduler_wake.is_set()
+
+    await client.post("/api/user/u1/event/purchase", json={"attributes": {"amount": 3}}, headers=AUTH)
+    assert delivery_wake.is_set()

@@ -69,19 +69,22 @@ class CampaignEngine:
         if started:
             self.scheduler.wake()
 
-    async def on_event(self, cur: Any, event: Event, now: datetime) -> None:
+    async def on_event(self, cur: Any, event: Event, now: datetime) -> int:
         """Wake the user's runs waiting for this event name, in the caller's transaction.
 
-        The woken steps are due at once; the caller calls `wake()` after
-        committing so the scheduler runs them without waiting for its poll.
+        Returns how many runs it woke. The woken steps are due at once; the
+        caller calls `wake()` after committing so the scheduler runs them
+        without waiting for its poll.
         """
         await cur.execute(QUERIES.wake_waiting_steps, (now, event.id, event.user_id, event.name))
-        if cur.rowcount:
+        woken = cur.rowcount
+        if woken:
             log.debug(
                 "event woke waiting runs",
                 extra={"action": "runs_woken", "user_id": event.user_id, "event": event.name,
-                       "event_id": event.id, "runs": cur.rowcount},
+                       "event_id": event.id, "runs": woken},
             )
+        return woken
 
     async def runs_of(self, cur: Any, user_id: str) -> list[dict[str, Any]]:
         """The user's campaign runs, newest first, for GET /api/user/{id}.

@@ -1,9 +1,9 @@
 """Load the whole CDNOW file into a running segflowd that sends over SMTP to a local sink.
 
-Starts Postfix's `smtp-sink` on 127.0.0.1 (Debian package postfix), starts
-`segflowd` on the example project (segflow.yaml) with the SMTP provider
-pointed at the sink and the clock starting at 1998-07-01, the day after the
-data ends, and loads the file with bench/load_cdnow.py. Then it waits until
+It starts Postfix's `smtp-sink` on 127.0.0.1 (Debian package postfix). It
+starts `segflowd` on the example project (segflow.yaml), with the SMTP
+provider pointed at the sink and the clock at 1998-07-01, the day after the
+data ends. Then it loads the file with bench/load_cdnow.py. Then it waits until
 every queued message is sent, and prints wall time, events/s, messages by
 status, each segment's size and the daemon's peak RSS as a Markdown table.
 
@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,26 +32,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import load_cdnow  # noqa: E402
-from daemon_process import Daemon  # noqa: E402
+from daemon_process import Daemon, free_port, peak_rss_mib  # noqa: E402
 
 from segflowd.config import parse_database_url  # noqa: E402
 
 DATABASE = "segflow_bench_cdnow"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 API_KEY = "bench-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def query(server, sql: str) -> list[tuple]:
@@ -80,7 +66,8 @@ async def main() -> int:
     await query(server, f"DROP DATABASE IF EXISTS `{DATABASE}`")
 
     smtp_port, http_port = free_port(), free_port()
-    # -u drops root to nobody, -c counts deliveries, 1000 is the listen backlog.
+    # -u runs the sink as the unprivileged user "nobody", -c counts deliveries,
+    # and 1000 is the listen backlog.
     sink = subprocess.Popen([SMTP_SINK, "-u", "nobody", "-c", f"127.0.0.1:{smtp_port}", "1000"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {

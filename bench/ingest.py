@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from daemon_process import Daemon  # noqa: E402
+from daemon_process import Daemon, peak_rss_mib  # noqa: E402
 
 from segflowd.config import parse_database_url  # noqa: E402
 
@@ -42,13 +42,6 @@ AUTH = {"Authorization": "Bearer bench-key"}
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def server_sql(server, statement: str) -> None:

@@ -9,7 +9,6 @@ and the campaigns against what the flows in flows/shop.py promise.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections import defaultdict
 from datetime import date, datetime, timedelta
@@ -214,4 +213,3 @@ async def test_cdnow_slice_end_to_end(aiohttp_client, db, shop_config, smtp_sink
     assert keys["n"] == keys["distinct_keys"]
     sent = await db.fetch_one("SELECT COUNT(*) AS n FROM messages WHERE status = 'sent'")
     assert sent["n"] == len(smtp_sink.handler.received)
-    await asyncio.sleep(0)

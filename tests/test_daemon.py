@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import uuid
@@ -14,20 +13,13 @@ import asyncmy
 import pytest
 import yaml
 
-from daemon_process import Daemon
+from daemon_process import Daemon, free_port
 
 AUTH = {"Authorization": "Bearer test-key"}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "segflowd", *args], capture_output=True, text=True, timeout=60)
-
-
-def free_port() -> int:
-    """A loopback port that nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def database_exists(database_url, name: str) -> bool:

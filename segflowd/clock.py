@@ -1,6 +1,6 @@
 """The daemon's one clock.
 
-Every part that asks "what time is it" asks a Clock, so that tests (and
+Every part that needs the current time calls a Clock, so that tests (and
 backtests) move time forward instead of sleeping. Times are naive UTC
 datetimes, the form the database stores.
 """
@@ -18,7 +18,7 @@ class Clock:
 
 
 class FakeClock(Clock):
-    """A clock that stands still until a test moves it."""
+    """A clock whose time changes only when a test sets or advances it."""
 
     def __init__(self, start: datetime) -> None:
         self._now = start.replace(tzinfo=None) if start.tzinfo is None else to_naive_utc(start)

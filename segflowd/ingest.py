@@ -66,7 +66,7 @@ class Outcome:
 
 @dataclass
 class _Wakeups:
-    """Which background loops have new work once the transaction commits.
+    """Flags for the background loops that have new work once the transaction commits.
 
     Waking a loop costs it a claim query, so a request that queued no mail
     and touched no run leaves both asleep.
@@ -106,8 +106,8 @@ class Ingest:
     async def _in_transaction(self, work: Callable[[Any], Awaitable[T]], wakeups: _Wakeups | None = None) -> T:
         """Run `work(cur)` in one transaction, retrying deadlocks and lock timeouts.
 
-        After the commit, wake the scheduler and delivery as `wakeups` says
-        (both when it is None).
+        After the commit, wake the scheduler and delivery where `wakeups`
+        flags new work (both when it is None).
         """
         for attempt in range(1, _ATTEMPTS + 1):
             try:
@@ -278,8 +278,8 @@ class Ingest:
     async def batch(self, items: list[Any]) -> list[dict[str, Any]]:
         """Apply valid identify and track items in order in one transaction.
 
-        `items` holds IdentifyItem, TrackItem, or RejectedItem for an item
-        that failed validation; each gets a result in the same place.
+        `items` contains IdentifyItem, TrackItem, or RejectedItem for an item
+        that failed validation. Each gets a result in the same place.
         Segments are evaluated once per touched user, after all items.
         """
         keys = [item.idempotency_key for item in items if not isinstance(item, RejectedItem) and item.idempotency_key]
@@ -347,8 +347,8 @@ class Ingest:
                 results = await self._in_transaction(work, wakeups)
                 break
             except Exception as exc:
-                # A concurrent batch stored one of these keys first: run again,
-                # and this time those items are answered as duplicates.
+                # A concurrent batch stored one of these keys first. Run again,
+                # and this time those items get their stored results as duplicates.
                 if error_code(exc) != ER_DUP_ENTRY or attempt == 2:
                     raise
         accepted = [r for r in results if r["status"] == "accepted"]

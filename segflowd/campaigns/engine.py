@@ -87,7 +87,7 @@ class CampaignEngine:
         return woken
 
     async def runs_of(self, cur: Any, user_id: str) -> list[dict[str, Any]]:
-        """The user's campaign runs, newest first, for GET /api/user/{id}.
+        """Return the user's campaign runs, newest first, for GET /api/user/{id}.
 
         Each dict has campaign, run_id, status, started_at, ended_at,
         next_step, next_step_due_at, waiting_for_event and error; times are

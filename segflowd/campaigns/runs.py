@@ -67,7 +67,7 @@ async def enrollment_runs(cur: Any, user_id: str) -> list[EnrollmentRun]:
 
 
 async def start_run(cur: Any, campaign: CampaignConfig, user_id: str, now: datetime) -> int | None:
-    """Start a run with its first step due now; return its id, or None if the keys say one exists."""
+    """Start a run with its first step due now; return its id, or None if the unique keys show that one exists."""
     key = run_key(campaign.name, user_id)
     static_key = key if campaign.behavior == "static" else None
     await cur.execute(QUERIES.insert_run, (campaign.name, user_id, static_key, key, now))

@@ -79,7 +79,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer every error as JSON `{"error": ...}`; log the unexpected ones."""
+    """Turn every error into a JSON `{"error": ...}` response and log the unexpected ones."""
     try:
         return await handler(request)
     except InvalidRequest as exc:
@@ -113,7 +113,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def build_app(services: Services, *, run_background: bool = True) -> web.Application:
-    """The application; with `run_background`, the scheduler, refresher and delivery run with it."""
+    """Build the application; with `run_background`, the scheduler, refresher and delivery run with it."""
     app = web.Application(
         middlewares=[metrics_middleware, error_middleware, auth_middleware],
         # The body limit is checked in read_json with a JSON error; aiohttp's

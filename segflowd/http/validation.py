@@ -78,7 +78,7 @@ def reject_unknown(body: dict[str, Any], allowed: set[str], prefix: str = "") ->
 
 
 def identifier(value: Any, field: str, what: str = "id") -> str:
-    """A user id or event name: a non-empty string of at most 255 characters."""
+    """Return a valid user id or event name: a non-empty string of at most 255 characters."""
     if not isinstance(value, str):
         raise InvalidRequest(422, f"expected the {what} as a string, got {_type_name(value)}", field)
     if not value.strip():
@@ -91,7 +91,7 @@ def identifier(value: Any, field: str, what: str = "id") -> str:
 
 
 def attributes(value: Any, field: str) -> dict[str, Any]:
-    """An attributes object; missing or null means no attributes."""
+    """Return an attributes object; missing or null means no attributes."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -100,7 +100,7 @@ def attributes(value: Any, field: str) -> dict[str, Any]:
 
 
 def timestamp(value: Any, field: str) -> datetime | None:
-    """An optional ISO-8601 timestamp, as naive UTC; no offset means UTC."""
+    """Return an optional ISO-8601 timestamp as naive UTC; no offset means UTC."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -133,7 +133,7 @@ _ITEM_FIELDS = {
 
 
 def segment_item(item: Any, prefix: str, *, lenient: bool, default_type: str | None = None) -> IdentifyItem | TrackItem:
-    """One Segment-format call (identify or track) as an ingest item.
+    """Convert one Segment-format call (identify or track) into an ingest item.
 
     `lenient` accepts and ignores the extra fields Segment's libraries send;
     otherwise an unknown field is rejected.

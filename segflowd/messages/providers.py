@@ -22,7 +22,7 @@ from segflowd.messages.compose import ComposedMessage
 
 
 class SendFailure(Exception):
-    """A provider did not accept a message; `temporary` says whether a retry may succeed."""
+    """A provider did not accept a message; `temporary` is True when a retry may succeed."""
 
     temporary = True
 

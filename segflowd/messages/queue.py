@@ -91,7 +91,7 @@ def message_context(
 
 
 def is_unsubscribed(user: Mapping[str, Any] | None) -> bool:
-    """True if the user's attributes say they want no campaign mail."""
+    """Return True if the user's attributes mark them as unsubscribed from campaign mail."""
     return bool(user) and user.get("unsubscribed") is True
 
 

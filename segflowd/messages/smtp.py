@@ -56,7 +56,7 @@ def classify_smtp_error(exc: BaseException) -> SendFailure:
             return PermanentFailure(f"SMTP server rejected the message ({stage}): {exc.code} {exc.message}")
         return TemporaryFailure(f"SMTP server deferred the message ({stage}): {exc.code} {exc.message}")
 
-    # Everything below failed before the server could answer: temporary.
+    # Everything below failed before the server replied, so it is temporary.
     if isinstance(exc, aiosmtplib.SMTPNotSupported):
         return TemporaryFailure(f"SMTP server lacks a needed extension: {exc}; check email.smtp.tls")
     if isinstance(exc, (aiosmtplib.SMTPTimeoutError, asyncio.TimeoutError, TimeoutError)):

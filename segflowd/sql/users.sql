@@ -52,11 +52,11 @@ INSERT INTO events (user_id, name, attributes, created_at, received_at)
 VALUES (%s, %s, %s, %s, %s)
 
 -- get_idempotent_response --
--- The stored answer for an idempotency key, if the request was seen before.
+-- The stored response for an idempotency key, if the request was seen before.
 SELECT request_hash, response, event_id FROM idempotency_keys WHERE idempotency_key = %s
 
 -- insert_idempotent_response --
--- Remember the answer for an idempotency key. The key is the primary key,
+-- Store the response for an idempotency key. The key is the primary key,
 -- so of two concurrent requests with one key only one commits.
 INSERT INTO idempotency_keys (idempotency_key, request_hash, event_id, response, created_at)
 VALUES (%s, %s, %s, %s, %s)
